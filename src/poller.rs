@@ -1,0 +1,282 @@
+//! The one boundary to the OS: registration through `polling`, and the wait.
+//!
+//! `polling` 3 is the registration layer (and holds the crate's only `unsafe` call, below).
+//! Its `Poller::wait` costs five syscalls on Linux (arm a timerfd, re-arm it in epoll, wait,
+//! read the notification eventfd, re-arm that), where a level-triggered reactor needs one. So on
+//! Linux and Android the selector waits with a plain `epoll_wait` on polling's own epoll
+//! descriptor, which `polling` exposes through `AsFd`. That relies on three facts about polling's
+//! epoll backend, each checked by a test in this file that fails loudly if a release changes it:
+//!
+//! 1. the key given to `add` comes back verbatim as the epoll event's `u64` data;
+//! 2. its internal timerfd and notification eventfd are quiet unless `Poller::wait` arms the
+//!    timer or `Poller::notify` is called;
+//! 3. a notification arrives as an event keyed `usize::MAX`, and one `Poller::wait` with a zero
+//!    timeout clears and re-arms it.
+//!
+//! The cross-thread [`Handle`](crate::Handle) uses `Poller::notify`; the loop calls
+//! [`Poller::clear_notification`] only after a handle has flagged work, so the five-syscall path
+//! runs once per wake-up instead of once per wait. Elsewhere the portable `Poller::wait` is used.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use crate::interest::{Interest, Readiness};
+
+/// The longest single wait. Longer timeouts wait in several rounds; a wake-up a few weeks in is
+/// harmless, and it keeps the millisecond count inside the `c_int` that `epoll_pwait` takes.
+const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64 - 1);
+
+pub(crate) struct Poller {
+    poller: polling::Poller,
+}
+
+impl Poller {
+    pub(crate) fn new() -> io::Result<Poller> {
+        Ok(Poller {
+            poller: polling::Poller::new()?,
+        })
+    }
+
+    /// Starts polling `fd` for `interest`, level-triggered, reporting `key`.
+    ///
+    /// The caller must [`delete`](Poller::delete) `fd` before the source that owns it is
+    /// dropped; the selector does so in `unregister`, `remove` and its own `Drop`.
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()> {
+        // SAFETY: `polling::Poller::add_with_mode` requires a valid descriptor that is deleted
+        // from the poller before it is closed. `fd` is borrowed, so it is open for this call.
+        // Every caller passes the descriptor of a source the selector owns for as long as the
+        // registration lives, and deletes it before dropping that source (`Registry::discard`
+        // and `Registry::drop` are the only places a registered source is dropped). A source
+        // whose `AsFd` hands out a different descriptor later (interior mutability) can at worst
+        // leave a stale entry in this poller's own epoll set, which epoll removes when that
+        // descriptor is closed: no memory is touched through it.
+        unsafe {
+            self.poller
+                .add_with_mode(fd.as_raw_fd(), event(key, interest), polling::PollMode::Level)
+        }
+    }
+
+    pub(crate) fn modify(
+        &self,
+        fd: BorrowedFd<'_>,
+        key: usize,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.poller
+            .modify_with_mode(fd, event(key, interest), polling::PollMode::Level)
+    }
+
+    pub(crate) fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.poller.delete(fd)
+    }
+
+    /// Wakes the current or next wait (from any thread).
+    pub(crate) fn notify(&self) -> io::Result<()> {
+        self.poller.notify()
+    }
+
+    /// Waits for events or until `timeout` passes, whichever is first. Signals (`EINTR`) never
+    /// end the wait early: it resumes with the time that is left.
+    pub(crate) fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        let deadline = match timeout {
+            Some(t) if !t.is_zero() => Instant::now().checked_add(t),
+            _ => None,
+        };
+        let mut next = timeout;
+        loop {
+            events.clear();
+            match self.wait_once(events, next.map(|t| t.min(MAX_WAIT))) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if let Some(deadline) = deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            events.clear();
+                            return Ok(());
+                        }
+                        next = Some(left);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn wait_once(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        use rustix::event::{epoll, Timespec};
+        let timeout = timeout.map(|t| Timespec::try_from(t).unwrap_or(Timespec::default()));
+        epoll::wait(
+            self.poller.as_fd(),
+            rustix::buffer::spare_capacity(&mut events.list),
+            timeout.as_ref(),
+        )?;
+        Ok(())
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn wait_once(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        self.poller.wait(&mut events.list, timeout).map(drop)
+    }
+
+    /// Resets the notification after a [`notify`](Poller::notify), so the next wait blocks again.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(crate) fn clear_notification(&self, events: &mut Events) -> io::Result<()> {
+        events.scratch.clear();
+        self.poller.wait(&mut events.scratch, Some(Duration::ZERO)).map(drop)
+    }
+
+    /// `Poller::wait` already cleared it.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(crate) fn clear_notification(&self, _events: &mut Events) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Poller {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.poller.as_fd()
+    }
+}
+
+fn event(key: usize, interest: Interest) -> polling::Event {
+    polling::Event::new(key, interest.is_readable(), interest.is_writable())
+}
+
+/// The buffer one wait fills.
+pub(crate) struct Events {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    list: Vec<rustix::event::epoll::Event>,
+    /// Only for [`Poller::clear_notification`], whose events are ignored: level-triggered
+    /// sources report them again on the next wait.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    scratch: polling::Events,
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    list: polling::Events,
+}
+
+impl Events {
+    pub(crate) fn with_capacity(capacity: usize) -> Events {
+        let capacity = capacity.max(1);
+        Events {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            list: Vec::with_capacity(capacity),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            scratch: polling::Events::with_capacity(std::num::NonZeroUsize::MIN),
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            list: polling::Events::with_capacity(
+                std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.list.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The `i`th event as (poller key, readiness before interest filtering).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> (usize, Readiness) {
+        use rustix::event::epoll::EventFlags as F;
+        let event = self.list[i];
+        let flags = event.flags;
+        let mut bits = 0;
+        if flags.intersects(F::IN | F::PRI | F::HUP | F::ERR | F::RDHUP) {
+            bits |= Readiness::READABLE;
+        }
+        if flags.intersects(F::OUT | F::HUP | F::ERR) {
+            bits |= Readiness::WRITABLE;
+        }
+        if flags.intersects(F::HUP | F::RDHUP) {
+            bits |= Readiness::HANGUP;
+        }
+        if flags.contains(F::ERR) {
+            bits |= Readiness::ERROR;
+        }
+        (event.data.u64() as usize, Readiness::from_bits(bits))
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(crate) fn get(&self, i: usize) -> (usize, Readiness) {
+        let event = self.list.iter().nth(i).expect("event index in range");
+        let mut bits = 0;
+        if event.readable {
+            bits |= Readiness::READABLE;
+        }
+        if event.writable {
+            bits |= Readiness::WRITABLE;
+        }
+        if event.is_interrupt() {
+            bits |= Readiness::HANGUP;
+        }
+        if event.is_err() == Some(true) {
+            bits |= Readiness::ERROR;
+        }
+        (event.key, Readiness::from_bits(bits))
+    }
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    //! Guards for what the Linux wait relies on in `polling` (see the module docs).
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    const NOTIFY_KEY: usize = usize::MAX;
+
+    fn keys(events: &Events) -> Vec<usize> {
+        (0..events.len()).map(|i| events.get(i).0).collect()
+    }
+
+    #[test]
+    fn polling_passes_our_key_through_epoll_verbatim() -> io::Result<()> {
+        let poller = Poller::new()?;
+        let (a, mut b) = UnixStream::pair()?;
+        let key = 0x1234_5678_9abc;
+        poller.add(a.as_fd(), key, Interest::READ)?;
+        b.write_all(b"x")?;
+        let mut events = Events::with_capacity(8);
+        poller.wait(&mut events, Some(Duration::from_secs(5)))?;
+        assert_eq!(keys(&events), [key]);
+        assert!(events.get(0).1.is_readable());
+        // Level-triggered: still reported, no re-arm needed.
+        poller.wait(&mut events, Some(Duration::ZERO))?;
+        assert_eq!(keys(&events), [key]);
+        poller.delete(a.as_fd())
+    }
+
+    #[test]
+    fn pollings_internal_descriptors_stay_quiet() -> io::Result<()> {
+        let poller = Poller::new()?;
+        let mut events = Events::with_capacity(8);
+        let start = Instant::now();
+        poller.wait(&mut events, Some(Duration::from_millis(30)))?;
+        assert_eq!(keys(&events), [] as [usize; 0]);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        Ok(())
+    }
+
+    #[test]
+    fn notification_arrives_once_and_clearing_rearms_it() -> io::Result<()> {
+        let poller = Poller::new()?;
+        let mut events = Events::with_capacity(8);
+        for _ in 0..3 {
+            poller.notify()?;
+            poller.wait(&mut events, Some(Duration::from_secs(5)))?;
+            assert_eq!(keys(&events), [NOTIFY_KEY]);
+            poller.clear_notification(&mut events)?;
+            // Cleared: the next wait sleeps its full timeout instead of spinning.
+            let start = Instant::now();
+            poller.wait(&mut events, Some(Duration::from_millis(20)))?;
+            assert_eq!(keys(&events), [] as [usize; 0]);
+            assert!(start.elapsed() >= Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}

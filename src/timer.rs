@@ -1,0 +1,354 @@
+//! Timers: one-shot and repeating callbacks in deadline order, cancellable by key.
+//!
+//! A binary heap orders `(deadline, sequence)`; a slab holds the callbacks. Cancelling removes
+//! the slab entry at once and leaves the heap entry behind as a tombstone, skipped when it
+//! surfaces; when tombstones outnumber live entries the heap is rebuilt, so schedule/cancel
+//! churn keeps memory proportional to the live timers.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::key::Owner;
+use crate::registry::Registry;
+
+type Once = Box<dyn FnOnce(&mut Registry)>;
+type Every = Box<dyn FnMut(&mut Registry, TimerKey)>;
+
+/// A handle to a timer, returned by [`Registry::call_later`] and friends.
+///
+/// Like [`Key`](crate::Key), it is checked on use: once its timer has fired (one-shot) or been
+/// cancelled, [`cancel`](Registry::cancel) rejects it with `NotFound`, even if another timer has
+/// taken its slot since.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimerKey {
+    index: u32,
+    seq: u64,
+    owner: Owner,
+}
+
+impl fmt::Debug for TimerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TimerKey(#{}v{})", self.index, self.seq)
+    }
+}
+
+enum Callback {
+    Once(Once),
+    /// `callback` is `None` while it runs.
+    Every {
+        period: Duration,
+        callback: Option<Every>,
+    },
+}
+
+struct Timer {
+    /// Unique per timer; also orders timers with equal deadlines (first scheduled, first fired).
+    seq: u64,
+    callback: Callback,
+}
+
+/// A heap entry. Ordered by deadline, then by sequence (derive order follows field order).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Scheduled {
+    deadline: Instant,
+    seq: u64,
+    index: u32,
+}
+
+pub(crate) struct Timers {
+    timers: Slab<Timer>,
+    heap: BinaryHeap<Reverse<Scheduled>>,
+    next_seq: u64,
+    tombstones: usize,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Timers {
+        Timers {
+            timers: Slab::new(),
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            tombstones: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+
+    fn is_live(&self, s: &Scheduled) -> bool {
+        self.timers
+            .get(s.index as usize)
+            .is_some_and(|t| t.seq == s.seq)
+    }
+
+    /// The earliest deadline of a live timer, dropping tombstones that sit on top.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse(top)) = self.heap.peek() {
+            if self.is_live(top) {
+                return Some(top.deadline);
+            }
+            self.heap.pop();
+            self.tombstones -= 1;
+        }
+        None
+    }
+
+    fn insert(&mut self, deadline: Instant, callback: Callback, owner: Owner) -> TimerKey {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let index = self.timers.insert(Timer { seq, callback }) as u32;
+        self.heap.push(Reverse(Scheduled {
+            deadline,
+            seq,
+            index,
+        }));
+        TimerKey { index, seq, owner }
+    }
+
+    fn cancel(&mut self, key: TimerKey) -> bool {
+        let Some(timer) = self.timers.get(key.index as usize) else {
+            return false;
+        };
+        if timer.seq != key.seq {
+            return false;
+        }
+        let running = matches!(timer.callback, Callback::Every { callback: None, .. });
+        drop(self.timers.remove(key.index as usize));
+        if !running {
+            // Its heap entry stays behind until it surfaces or the heap is rebuilt. A running
+            // repeating timer has none: it is pushed back only after its callback returns.
+            self.tombstones += 1;
+            if self.tombstones > 64 && self.tombstones > self.heap.len() / 2 {
+                let timers = &self.timers;
+                self.heap.retain(|Reverse(s)| {
+                    timers.get(s.index as usize).is_some_and(|t| t.seq == s.seq)
+                });
+                self.tombstones = 0;
+            }
+        }
+        true
+    }
+
+    /// Pops the next live timer that is due at `now` and was scheduled before `cutoff`.
+    fn pop_due(&mut self, now: Instant, cutoff: u64) -> Option<Scheduled> {
+        loop {
+            let Reverse(top) = self.heap.peek()?;
+            if top.deadline > now || top.seq >= cutoff {
+                return None;
+            }
+            let Reverse(top) = self.heap.pop().expect("peeked");
+            if self.is_live(&top) {
+                return Some(top);
+            }
+            self.tombstones -= 1;
+        }
+    }
+}
+
+/// The first deadline on `deadline`'s grid of `period` that lies after `now`.
+fn next_tick(deadline: Instant, period: Duration, now: Instant) -> Instant {
+    let next = deadline.checked_add(period).unwrap_or(now + period);
+    if next > now {
+        return next;
+    }
+    // Fell behind: skip the missed ticks rather than firing them in a burst.
+    let behind = now.duration_since(deadline).as_nanos();
+    let ticks = behind / period.as_nanos() + 1;
+    u32::try_from(ticks)
+        .ok()
+        .and_then(|ticks| period.checked_mul(ticks))
+        .and_then(|offset| deadline.checked_add(offset))
+        .unwrap_or(now + period)
+}
+
+/// A deadline far enough away to mean "never", for delays that overflow `Instant`.
+fn far_future(now: Instant) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(CENTURY)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+impl Registry {
+    /// Runs `f` once, `delay` from now (never earlier; later by at most the OS's timer
+    /// resolution, about a millisecond, if the loop is idle). A delay too large for [`Instant`]
+    /// means "never" in practice.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use selreactor::Selector;
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let start = Instant::now();
+    /// sel.call_later(Duration::from_millis(20), |_| println!("later"));
+    /// sel.run()?; // returns once the timer has fired: nothing is left
+    /// assert!(start.elapsed() >= Duration::from_millis(20));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn call_later<F>(&mut self, delay: Duration, f: F) -> TimerKey
+    where
+        F: FnOnce(&mut Registry) + 'static,
+    {
+        let now = Instant::now();
+        self.call_at(now.checked_add(delay).unwrap_or_else(|| far_future(now)), f)
+    }
+
+    /// Runs `f` once at `deadline` (at once, on the next iteration, if it has passed).
+    /// Timers with equal deadlines fire in the order they were scheduled.
+    pub fn call_at<F>(&mut self, deadline: Instant, f: F) -> TimerKey
+    where
+        F: FnOnce(&mut Registry) + 'static,
+    {
+        let owner = self.owner();
+        self.timers
+            .insert(deadline, Callback::Once(Box::new(f)), owner)
+    }
+
+    /// Runs `f` every `period`, first at one period from now, until cancelled. The callback
+    /// receives its own [`TimerKey`], so it can [`cancel`](Registry::cancel) itself.
+    ///
+    /// Deadlines stay on the grid `start + k * period`, so the timer does not drift however
+    /// long each callback takes. If the loop falls behind by more than a period (a callback
+    /// blocked it, say), the missed ticks are skipped: the timer fires once, late, and then
+    /// at the next deadline on the grid.
+    ///
+    /// # Panics
+    ///
+    /// If `period` is zero.
+    #[track_caller]
+    pub fn call_every<F>(&mut self, period: Duration, f: F) -> TimerKey
+    where
+        F: FnMut(&mut Registry, TimerKey) + 'static,
+    {
+        assert!(!period.is_zero(), "call_every needs a non-zero period");
+        let now = Instant::now();
+        let deadline = now.checked_add(period).unwrap_or_else(|| far_future(now));
+        let callback = Callback::Every {
+            period,
+            callback: Some(Box::new(f)),
+        };
+        let owner = self.owner();
+        self.timers.insert(deadline, callback, owner)
+    }
+
+    /// Cancels a timer: its callback is dropped without running. A repeating timer may cancel
+    /// itself from its own callback.
+    ///
+    /// # Errors
+    ///
+    /// [`NotFound`](io::ErrorKind::NotFound) if the timer has already fired (one-shot), was
+    /// cancelled, or belongs to another selector.
+    pub fn cancel(&mut self, key: TimerKey) -> io::Result<()> {
+        if key.owner == self.owner() && self.timers.cancel(key) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such timer: it has fired, was cancelled, or is from another selector",
+            ))
+        }
+    }
+
+    /// The number of pending timers (a repeating timer counts until cancelled).
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Fires the timers due at `now` that were scheduled before this call. Returns how many ran.
+    pub(crate) fn fire_timers(&mut self, now: Instant) -> usize {
+        let cutoff = self.timers.next_seq;
+        let owner = self.owner();
+        let mut fired = 0;
+        while let Some(due) = self.timers.pop_due(now, cutoff) {
+            fired += 1;
+            let index = due.index as usize;
+            match &mut self.timers.timers[index].callback {
+                Callback::Once(_) => {
+                    let Callback::Once(f) = self.timers.timers.remove(index).callback else {
+                        unreachable!("matched above");
+                    };
+                    f(self);
+                }
+                Callback::Every { period, callback } => {
+                    let period = *period;
+                    let mut f = callback.take().expect("a queued timer is not running");
+                    let key = TimerKey {
+                        index: due.index,
+                        seq: due.seq,
+                        owner,
+                    };
+                    let outcome = panic::catch_unwind(AssertUnwindSafe(|| f(self, key)));
+                    if let Err(panic) = outcome {
+                        let _ = self.timers.cancel(key);
+                        panic::resume_unwind(panic);
+                    }
+                    // Put it back unless it was cancelled while it ran.
+                    if let Some(timer) = self.timers.timers.get_mut(index) {
+                        if timer.seq == due.seq {
+                            timer.callback = Callback::Every {
+                                period,
+                                callback: Some(f),
+                            };
+                            self.timers.heap.push(Reverse(Scheduled {
+                                deadline: next_tick(due.deadline, period, now),
+                                seq: due.seq,
+                                index: due.index,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        fired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_tick_stays_on_the_grid_and_skips_missed_ticks() {
+        let t0 = Instant::now();
+        let p = Duration::from_millis(10);
+        assert_eq!(next_tick(t0, p, t0), t0 + p);
+        assert_eq!(next_tick(t0, p, t0 + Duration::from_millis(3)), t0 + p);
+        // 55 ms late: ticks at 10..50 are skipped, the next is 60.
+        assert_eq!(
+            next_tick(t0, p, t0 + Duration::from_millis(55)),
+            t0 + Duration::from_millis(60)
+        );
+        // Exactly on a tick: that tick is now, so the next one is later.
+        assert_eq!(
+            next_tick(t0, p, t0 + Duration::from_millis(20)),
+            t0 + Duration::from_millis(30)
+        );
+    }
+
+    #[test]
+    fn cancelled_timers_do_not_pile_up() {
+        let mut timers = Timers::new();
+        let owner = Owner::next();
+        let far = Instant::now() + Duration::from_secs(3600);
+        for _ in 0..10_000 {
+            let key = timers.insert(far, Callback::Once(Box::new(|_| {})), owner);
+            assert!(timers.cancel(key));
+        }
+        assert_eq!(timers.len(), 0);
+        assert!(timers.heap.len() <= 200, "heap kept {} tombstones", timers.heap.len());
+        assert_eq!(timers.next_deadline(), None);
+        assert_eq!(timers.heap.len(), 0);
+    }
+}
