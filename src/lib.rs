@@ -84,6 +84,11 @@ pub use registry::{RegisterError, Registry};
 pub use selector::Selector;
 pub use timer::TimerKey;
 
+/// Compiles the README's example, so it cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// The loop's owner and callbacks stay on one thread; handles cross threads.
 const _: () = {
     const fn is_send_sync<T: Send + Sync>() {}
