@@ -1,0 +1,267 @@
+//! Helpers shared by the integration tests: descriptors, the kernel's view of the selector,
+//! drop counters and a lock for tests that count descriptors.
+//!
+//! Each test binary compiles its own copy of this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use selreactor::{Interest, Token};
+
+/// The environment variable `scripts/valgrind.sh` sets: tests scale their counts down and skip
+/// tight timing assertions when it is `1`.
+pub const UNDER_VALGRIND_VAR: &str = "SELREACTOR_UNDER_VALGRIND";
+
+/// Whether the tests run under valgrind (see [`UNDER_VALGRIND_VAR`]).
+pub fn under_valgrind() -> bool {
+    std::env::var_os(UNDER_VALGRIND_VAR).is_some_and(|v| v == "1")
+}
+
+/// `normal`, or `reduced` under valgrind, which runs code 20–50 times slower.
+pub fn scaled(normal: usize, reduced: usize) -> usize {
+    if under_valgrind() {
+        reduced
+    } else {
+        normal
+    }
+}
+
+/// A connected, non-blocking pair of Unix stream sockets.
+pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+    let (a, b) = UnixStream::pair()?;
+    a.set_nonblocking(true)?;
+    b.set_nonblocking(true)?;
+    Ok((a, b))
+}
+
+/// A socket with one byte waiting to be read, and its peer (keep the peer alive, or the socket
+/// also reports a hang-up).
+pub fn readable_pair() -> io::Result<(UnixStream, UnixStream)> {
+    let (ours, mut peer) = pair()?;
+    peer.write_all(b"x")?;
+    Ok((ours, peer))
+}
+
+/// A non-blocking eventfd whose counter is 1: readable until read.
+pub fn ready_eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::eventfd(1, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by eventfd, is open, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads an eventfd's counter (making it unreadable until written again).
+pub fn read_eventfd(fd: &impl AsFd) -> io::Result<u64> {
+    let mut buf = [0u8; 8];
+    File::from(fd.as_fd().try_clone_to_owned()?).read_exact(&mut buf)?;
+    Ok(u64::from_ne_bytes(buf))
+}
+
+/// Reads until `WouldBlock` or end of stream; returns how many bytes were read.
+pub fn drain(mut stream: &UnixStream) -> io::Result<usize> {
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD reads the descriptor flags only; on a closed fd it fails with EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// The number of open descriptors of this process.
+///
+/// Only meaningful as a difference taken while no other thread opens or closes descriptors:
+/// tests that use it hold [`serial`].
+pub fn fd_count() -> io::Result<usize> {
+    // The directory handle `read_dir` holds is listed too.
+    Ok(fs::read_dir("/proc/self/fd")?.count() - 1)
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serialises the tests of one binary that count or reuse descriptor numbers. Every test in
+/// such a binary takes it, so no other test opens descriptors in between.
+pub fn serial() -> MutexGuard<'static, ()> {
+    // A test that failed while holding it poisons it; the next test still gets a fair run.
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One entry of the kernel's epoll interest list (a `tfd:` line of fdinfo).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EpollEntry {
+    pub fd: RawFd,
+    pub events: u32,
+    pub data: u64,
+}
+
+impl EpollEntry {
+    pub fn wants_read(&self) -> bool {
+        self.events & libc::EPOLLIN as u32 != 0
+    }
+
+    pub fn wants_write(&self) -> bool {
+        self.events & libc::EPOLLOUT as u32 != 0
+    }
+
+    /// The interest this entry stands for.
+    pub fn interest(&self) -> Interest {
+        let mut interest = Interest::NONE;
+        if self.wants_read() {
+            interest |= Interest::READ;
+        }
+        if self.wants_write() {
+            interest |= Interest::WRITE;
+        }
+        interest
+    }
+
+    /// Whether the entry carries `token` (the selector packs the generation above the index).
+    pub fn is_for(&self, token: Token) -> bool {
+        let (index, generation) = token_parts(token);
+        self.data == (generation << 32 | index)
+    }
+}
+
+/// A token's (index, generation), read from its documented `Display` form `#<index>v<gen>`.
+pub fn token_parts(token: Token) -> (u64, u64) {
+    let text = token.to_string();
+    let (index, generation) = text
+        .trim_start_matches('#')
+        .split_once('v')
+        .expect("a token displays as #<index>v<generation>");
+    (
+        index.parse().expect("numeric index"),
+        generation.parse().expect("numeric generation"),
+    )
+}
+
+/// Every `tfd:` line of `/proc/self/fdinfo/<epoll fd>`, including polling's own notification
+/// descriptors.
+pub fn all_epoll_entries(epoll: &impl AsRawFd) -> io::Result<Vec<EpollEntry>> {
+    let text = fs::read_to_string(format!("/proc/self/fdinfo/{}", epoll.as_raw_fd()))?;
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("tfd:") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // tfd: <fd> events: <hex> data: <hex> pos:... ino:... sdev:...
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad tfd line: {line}"));
+        if fields.len() < 5 || fields[1] != "events:" || fields[3] != "data:" {
+            return Err(bad());
+        }
+        entries.push(EpollEntry {
+            fd: fields[0].parse().map_err(|_| bad())?,
+            events: u32::from_str_radix(fields[2], 16).map_err(|_| bad())?,
+            data: u64::from_str_radix(fields[4], 16).map_err(|_| bad())?,
+        });
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+/// The interest-list entries for registrations: polling's own descriptors (keyed `u64::MAX`)
+/// left out.
+pub fn epoll_entries(epoll: &impl AsRawFd) -> io::Result<Vec<EpollEntry>> {
+    let mut entries = all_epoll_entries(epoll)?;
+    entries.retain(|e| e.data != u64::MAX);
+    Ok(entries)
+}
+
+/// The descriptors the kernel polls for registrations.
+pub fn epoll_fds(epoll: &impl AsRawFd) -> io::Result<BTreeSet<RawFd>> {
+    Ok(epoll_entries(epoll)?.iter().map(|e| e.fd).collect())
+}
+
+/// The entry for `fd`, if the kernel polls it.
+pub fn epoll_entry(epoll: &impl AsRawFd, fd: RawFd) -> io::Result<Option<EpollEntry>> {
+    Ok(epoll_entries(epoll)?.into_iter().find(|e| e.fd == fd))
+}
+
+/// Counts drops of the [`DropGuard`]s it hands out, for exactly-once checks. `Send`, so it also
+/// works for handle calls and across threads.
+#[derive(Clone, Debug, Default)]
+pub struct DropCounter(Arc<AtomicUsize>);
+
+impl DropCounter {
+    pub fn new() -> DropCounter {
+        DropCounter::default()
+    }
+
+    /// A value to move into a closure: dropping it bumps the count.
+    pub fn guard(&self) -> DropGuard {
+        DropGuard(Arc::clone(&self.0))
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+pub struct DropGuard(Arc<AtomicUsize>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A shared, single-threaded log of what ran.
+pub type Log<T> = Rc<RefCell<Vec<T>>>;
+
+pub fn log<T>() -> Log<T> {
+    Rc::new(RefCell::new(Vec::new()))
+}
+
+/// Takes everything logged so far.
+pub fn take<T>(log: &Log<T>) -> Vec<T> {
+    std::mem::take(&mut *log.borrow_mut())
+}
+
+/// A short pause for "nothing should happen" checks.
+pub const SETTLE: Duration = Duration::from_millis(10);
+
+/// A callback that does nothing (the source stays ready if it was).
+pub fn noop<T>() -> impl FnMut(&mut selreactor::Registry, &T, selreactor::Event<T>) -> io::Result<()>
+{
+    |_, _, _| Ok(())
+}
+
+/// A callback that logs `name` and the readiness it was given, and does nothing else.
+pub fn recorder<T>(
+    log: &Log<(&'static str, selreactor::Readiness)>,
+    name: &'static str,
+) -> impl FnMut(&mut selreactor::Registry, &T, selreactor::Event<T>) -> io::Result<()> {
+    let log = Rc::clone(log);
+    move |_, _, event| {
+        log.borrow_mut().push((name, event.readiness()));
+        Ok(())
+    }
+}
+
+/// Just the names from a [`recorder`] log.
+pub fn names(log: &Log<(&'static str, selreactor::Readiness)>) -> Vec<&'static str> {
+    take(log).into_iter().map(|(name, _)| name).collect()
+}
