@@ -78,9 +78,10 @@ impl Selector {
     }
 }
 
-/// The caller's timeout, shortened to the next timer, and zero if work is already waiting.
+/// The caller's timeout, shortened to the next timer, and zero if work is already waiting or
+/// a stop is pending (the iteration that honours it must not block).
 fn wait_timeout(registry: &mut Registry, timeout: Option<Duration>) -> Option<Duration> {
-    if registry.has_pending_calls() || registry.shared.is_pending() {
+    if registry.stop_requested || registry.has_pending_calls() || registry.shared.is_pending() {
         return Some(Duration::ZERO);
     }
     match registry.timers.next_deadline() {
