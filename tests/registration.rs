@@ -18,7 +18,10 @@ fn temp_file(name: &str) -> io::Result<(std::path::PathBuf, File)> {
     let path = std::env::temp_dir().join(format!(
         "selreactor-{}-{name}-{}",
         std::process::id(),
-        std::thread::current().name().unwrap_or("t").replace("::", "-")
+        std::thread::current()
+            .name()
+            .unwrap_or("t")
+            .replace("::", "-")
     ));
     let file = OpenOptions::new()
         .read(true)
@@ -85,7 +88,10 @@ fn registering_the_selectors_own_descriptor_is_refused() -> io::Result<()> {
         .expect_err("an epoll instance cannot poll itself");
     assert_eq!(refused.error.raw_os_error(), Some(libc::EINVAL));
     assert_eq!(refused.source.as_raw_fd(), own_fd);
-    assert!(is_open(own_fd), "the refused descriptor is handed back open");
+    assert!(
+        is_open(own_fd),
+        "the refused descriptor is handed back open"
+    );
     assert!(sel.is_empty());
     assert_eq!(epoll_entries(&sel)?, []);
     Ok(())
@@ -98,7 +104,11 @@ fn second_registration_of_one_descriptor_is_refused_and_changes_nothing() -> io:
     let shared = Rc::new(ours);
     let fd = shared.as_raw_fd();
     let log = log();
-    let key = sel.register(Rc::clone(&shared), Interest::READ, recorder(&log, "original"))?;
+    let key = sel.register(
+        Rc::clone(&shared),
+        Interest::READ,
+        recorder(&log, "original"),
+    )?;
     let before = epoll_entries(&sel)?;
 
     for interest in [Interest::READ, Interest::WRITE] {
@@ -112,7 +122,10 @@ fn second_registration_of_one_descriptor_is_refused_and_changes_nothing() -> io:
             .expect_err("the same descriptor twice");
         assert_eq!(refused.error.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(drops.count(), 1, "the refused closure is dropped, once");
-        assert!(Rc::ptr_eq(&refused.source, &shared), "the source comes back");
+        assert!(
+            Rc::ptr_eq(&refused.source, &shared),
+            "the source comes back"
+        );
         drop(refused);
         assert_eq!(sel.len(), 1);
         assert_eq!(epoll_entries(&sel)?, before);
@@ -166,14 +179,23 @@ fn modify_before_running_changes_what_is_dispatched() -> io::Result<()> {
     assert_eq!(sel.run_once(Some(Duration::ZERO))?, 1);
     let seen = take(&log);
     assert_eq!(seen.len(), 1);
-    assert!(seen[0].1.is_writable() && !seen[0].1.is_readable(), "{seen:?}");
+    assert!(
+        seen[0].1.is_writable() && !seen[0].1.is_readable(),
+        "{seen:?}"
+    );
 
     sel.modify(key, Interest::BOTH)?;
-    assert_eq!(epoll_entry(&sel, fd)?.map(|e| e.interest()), Some(Interest::BOTH));
+    assert_eq!(
+        epoll_entry(&sel, fd)?.map(|e| e.interest()),
+        Some(Interest::BOTH)
+    );
     sel.run_once(Some(Duration::ZERO))?;
     let seen = take(&log);
     assert_eq!(seen.len(), 1, "one dispatch per source per iteration");
-    assert!(seen[0].1.is_writable() && seen[0].1.is_readable(), "{seen:?}");
+    assert!(
+        seen[0].1.is_writable() && seen[0].1.is_readable(),
+        "{seen:?}"
+    );
 
     // Asking for what it already has is accepted and changes nothing.
     let before = epoll_entries(&sel)?;
@@ -184,8 +206,7 @@ fn modify_before_running_changes_what_is_dispatched() -> io::Result<()> {
 }
 
 #[test]
-fn pausing_with_none_stops_dispatch_and_a_hung_up_paused_socket_does_not_spin(
-) -> io::Result<()> {
+fn pausing_with_none_stops_dispatch_and_a_hung_up_paused_socket_does_not_spin() -> io::Result<()> {
     let mut sel = Selector::new()?;
     let (ours, peer) = readable_pair()?;
     let fd = ours.as_raw_fd();
@@ -194,13 +215,20 @@ fn pausing_with_none_stops_dispatch_and_a_hung_up_paused_socket_does_not_spin(
     sel.modify(key, Interest::NONE)?;
     drop(peer); // a hang-up: epoll would report it on every wait, whatever the mask
 
-    assert_eq!(epoll_entry(&sel, fd)?, None, "a paused source leaves the kernel's list");
+    assert_eq!(
+        epoll_entry(&sel, fd)?,
+        None,
+        "a paused source leaves the kernel's list"
+    );
     assert_eq!(sel.len(), 1, "paused, not removed");
     assert_eq!(sel.interest(key), Some(Interest::NONE));
     let start = Instant::now();
     assert_eq!(sel.run_once(Some(Duration::from_millis(50)))?, 0);
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(50), "woke early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(50),
+        "woke early: {waited:?}"
+    );
     assert_eq!(take(&log), []);
 
     // Resuming delivers what accumulated meanwhile, hang-up included.
@@ -223,12 +251,19 @@ fn a_stale_key_is_rejected_after_its_slot_is_reused() -> io::Result<()> {
     let b_fd = b.as_raw_fd();
     let log = log();
     let fresh = sel.register(b, Interest::READ, recorder(&log, "b"))?;
-    assert_eq!(fresh.token().index(), stale.token().index(), "the slot is reused");
+    assert_eq!(
+        fresh.token().index(),
+        stale.token().index(),
+        "the slot is reused"
+    );
     assert_ne!(fresh.token(), stale.token());
     let before = epoll_entries(&sel)?;
 
     let kind = |r: io::Result<()>| r.expect_err("stale key accepted").kind();
-    assert_eq!(kind(sel.modify(stale, Interest::WRITE)), io::ErrorKind::NotFound);
+    assert_eq!(
+        kind(sel.modify(stale, Interest::WRITE)),
+        io::ErrorKind::NotFound
+    );
     assert_eq!(kind(sel.remove(stale)), io::ErrorKind::NotFound);
     assert_eq!(
         sel.unregister(stale).map(drop).map_err(|e| e.kind()),
@@ -255,7 +290,11 @@ fn a_key_from_another_selector_is_rejected_even_with_an_equal_token() -> io::Res
     let (b, _b_peer) = pair()?;
     let a_key = first.register(a, Interest::READ, noop())?;
     let b_key = second.register(b, Interest::WRITE, noop())?;
-    assert_eq!(a_key.token(), b_key.token(), "both selectors start at the same token");
+    assert_eq!(
+        a_key.token(),
+        b_key.token(),
+        "both selectors start at the same token"
+    );
     let (first_before, second_before) = (epoll_entries(&first)?, epoll_entries(&second)?);
 
     assert!(!second.contains(a_key));
@@ -265,7 +304,10 @@ fn a_key_from_another_selector_is_rejected_even_with_an_equal_token() -> io::Res
         second.modify(a_key, Interest::BOTH).map_err(|e| e.kind()),
         Err(io::ErrorKind::NotFound)
     );
-    assert_eq!(second.remove(a_key).map_err(|e| e.kind()), Err(io::ErrorKind::NotFound));
+    assert_eq!(
+        second.remove(a_key).map_err(|e| e.kind()),
+        Err(io::ErrorKind::NotFound)
+    );
     assert_eq!(
         second.unregister(a_key).map(drop).map_err(|e| e.kind()),
         Err(io::ErrorKind::NotFound)
@@ -288,14 +330,18 @@ fn a_key_works_once_then_is_rejected() -> io::Result<()> {
     let unregistered = sel.register(b, Interest::READ, noop())?;
 
     sel.remove(removed)?;
-    assert_eq!(sel.remove(removed).map_err(|e| e.kind()), Err(io::ErrorKind::NotFound));
+    assert_eq!(
+        sel.remove(removed).map_err(|e| e.kind()),
+        Err(io::ErrorKind::NotFound)
+    );
     let b = sel.unregister(unregistered)?;
     assert_eq!(
         sel.unregister(unregistered).map(drop).map_err(|e| e.kind()),
         Err(io::ErrorKind::NotFound)
     );
     assert_eq!(
-        sel.modify(unregistered, Interest::READ).map_err(|e| e.kind()),
+        sel.modify(unregistered, Interest::READ)
+            .map_err(|e| e.kind()),
         Err(io::ErrorKind::NotFound)
     );
     assert!(sel.is_empty());
@@ -352,7 +398,11 @@ fn remove_closes_the_source_and_drops_the_callback() -> io::Result<()> {
     assert_eq!(epoll_entry(&sel, fd)?, None);
     let mut buf = [0; 1];
     peer.set_nonblocking(false)?;
-    assert_eq!(peer.read(&mut buf)?, 0, "the peer sees end of stream: closed");
+    assert_eq!(
+        peer.read(&mut buf)?,
+        0,
+        "the peer sees end of stream: closed"
+    );
     Ok(())
 }
 
@@ -420,7 +470,12 @@ fn the_kernels_interest_list_tracks_every_change() -> io::Result<()> {
     let mut fds = BTreeMap::new();
     let mut keys = Vec::new();
     let mut peers = Vec::new();
-    for interest in [Interest::READ, Interest::WRITE, Interest::BOTH, Interest::READ] {
+    for interest in [
+        Interest::READ,
+        Interest::WRITE,
+        Interest::BOTH,
+        Interest::READ,
+    ] {
         let (ours, peer) = pair()?;
         let fd = ours.as_raw_fd();
         let key = sel.register(ours, interest, noop())?;
