@@ -1,0 +1,212 @@
+//! Unix signals as loop callbacks, through signal-hook's self-pipe.
+//!
+//! A signal handler may do almost nothing safely, so the handler signal-hook installs only sets
+//! a per-signal flag and then writes a byte to a non-blocking socket; the loop polls the other
+//! end like any source. On wake-up the pipe is drained *first* and the flags are swapped
+//! *second*, which is the order that loses no signal: one that lands between the two either
+//! has its flag seen now or leaves a byte behind for the next wake-up (at worst a spurious
+//! wake-up with no flag set, which calls nothing).
+
+use std::ffi::c_int;
+use std::fmt;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use signal_hook::consts::FORBIDDEN;
+use signal_hook::low_level::{pipe, signal_name, unregister};
+use signal_hook::SigId;
+
+use crate::interest::Interest;
+use crate::key::Key;
+use crate::registry::Registry;
+
+/// The source behind [`Registry::on_signals`]: the read end of a self-pipe and the signal-hook
+/// actions that write to it.
+///
+/// The selector owns it like any other source, so its [`Key`] removes it the usual ways:
+/// [`remove`](Registry::remove) (from anywhere, its own callback included), dropping the
+/// selector, or [`unregister`](Registry::unregister), which hands it back. Dropping it
+/// unregisters every signal-hook action it installed, which closes the write ends, and closes
+/// the read end: no descriptor outlives it.
+///
+/// Removing it does not bring back the disposition a signal had before signal-hook first
+/// handled it (signal-hook keeps its handler installed, with no action left): a handler
+/// installed through signal-hook before or after goes on working, but a signal whose default
+/// action was to terminate the process is ignored from then on, unless something else handles
+/// it.
+pub struct Signals {
+    read_end: UnixStream,
+    watched: Vec<Watched>,
+    /// Every action installed for this watch, flag and pipe writers alike.
+    actions: Vec<SigId>,
+}
+
+struct Watched {
+    signal: c_int,
+    /// Set by the handler before it writes to the pipe.
+    arrived: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// The signals watched, without duplicates, in the order they are delivered within one
+    /// wake-up.
+    pub fn signals(&self) -> impl Iterator<Item = c_int> + '_ {
+        self.watched.iter().map(|w| w.signal)
+    }
+
+    fn new(signals: &[c_int]) -> io::Result<Signals> {
+        if signals.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no signal to watch",
+            ));
+        }
+        if let Some(&forbidden) = signals.iter().find(|s| FORBIDDEN.contains(s)) {
+            let name = signal_name(forbidden).unwrap_or("?");
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("signal {forbidden} ({name}) cannot be handled"),
+            ));
+        }
+        let (read_end, write_end) = UnixStream::pair()?;
+        read_end.set_nonblocking(true)?;
+        write_end.set_nonblocking(true)?;
+        let mut watch = Signals {
+            read_end,
+            watched: Vec::with_capacity(signals.len()),
+            actions: Vec::with_capacity(2 * signals.len()),
+        };
+        // On an early return, dropping `watch` unregisters what was installed so far.
+        for &signal in signals {
+            if watch.watched.iter().any(|w| w.signal == signal) {
+                continue;
+            }
+            let arrived = Arc::new(AtomicBool::new(false));
+            // signal-hook runs a signal's actions in registration order: the flag is set
+            // before the byte that announces it is written.
+            let id = signal_hook::flag::register(signal, Arc::clone(&arrived))?;
+            watch.actions.push(id);
+            // The pipe action owns (and closes on unregister) its own clone of the write end.
+            let id = pipe::register(signal, write_end.try_clone()?)?;
+            watch.actions.push(id);
+            watch.watched.push(Watched { signal, arrived });
+        }
+        Ok(watch)
+    }
+
+    /// Reads the pipe until it is empty, so that a level-triggered loop does not wake again
+    /// for the bytes of signals about to be delivered.
+    fn drain(&self) -> io::Result<()> {
+        let mut buf = [0u8; 64];
+        loop {
+            match (&self.read_end).read(&mut buf) {
+                Ok(0) => return Ok(()), // no writer left: nothing more can arrive
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl AsFd for Signals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.read_end.as_fd()
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        // Unregistering drops the action synchronously (signal-hook waits for any handler
+        // still running it), which closes that action's write end.
+        for &id in &self.actions {
+            unregister(id);
+        }
+    }
+}
+
+impl fmt::Debug for Signals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self
+            .watched
+            .iter()
+            .map(|w| signal_name(w.signal).unwrap_or("?"))
+            .collect();
+        f.debug_struct("Signals")
+            .field("signals", &names)
+            .field("fd", &self.read_end)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// Runs `callback` on the loop whenever one of `signals` arrives (`SIGINT`, `SIGTERM`,
+    /// `SIGHUP`, `SIGUSR1`, ... as numbers, e.g. from [`signal_hook::consts`]).
+    ///
+    /// The callback runs on the loop's thread, as an ordinary callback, so it may do anything
+    /// a callback may: [`stop`](Registry::stop) the loop, say. Signals coalesce: each wake-up
+    /// delivers every signal that arrived since the last one *once*, in the order of
+    /// `signals`, however many times it was raised in between (as the kernel itself coalesces
+    /// a pending signal). Duplicates in `signals` are ignored.
+    ///
+    /// The returned key names the watch like any registration: [`remove`](Registry::remove)
+    /// it to stop watching, which uninstalls its signal-hook actions and closes its
+    /// descriptors (see [`Signals`] for what that does and does not restore). A callback that
+    /// returns `Err` is removed the same way, and the error goes to the
+    /// [error handler](Registry::set_error_handler). The watch costs one descriptor for the
+    /// read end, registered with the selector, and one per signal for the write ends.
+    ///
+    /// Other handlers for the same signals, installed through signal-hook before or after,
+    /// keep running; one installed with `sigaction` *before* runs too (signal-hook chains to
+    /// it), one installed after replaces signal-hook's.
+    ///
+    /// # Errors
+    ///
+    /// - [`InvalidInput`](io::ErrorKind::InvalidInput) for an empty list or a signal that
+    ///   cannot be handled ([`FORBIDDEN`]: `SIGKILL`, `SIGSTOP`, `SIGILL`, `SIGFPE`,
+    ///   `SIGSEGV`), and from the OS for a number that is not a signal;
+    /// - the OS's error creating the pipe or registering its read end (`EMFILE`).
+    ///
+    /// Nothing stays installed after an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use selreactor::Selector;
+    /// use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    ///
+    /// let mut sel = Selector::new()?;
+    /// sel.on_signals(&[SIGINT, SIGTERM, SIGUSR1], |reg, signal| {
+    ///     println!("got signal {signal}, stopping");
+    ///     reg.stop();
+    ///     Ok(())
+    /// })?;
+    /// signal_hook::low_level::raise(SIGUSR1)?; // as if `kill -USR1` came from outside
+    /// sel.run()?; // returns once the callback has stopped it
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn on_signals<F>(&mut self, signals: &[c_int], mut callback: F) -> io::Result<Key<Signals>>
+    where
+        F: FnMut(&mut Registry, c_int) -> io::Result<()> + 'static,
+    {
+        let watch = Signals::new(signals)?;
+        let key = self.register(watch, Interest::READ, move |reg, watch, event| {
+            watch.drain()?;
+            for watched in &watch.watched {
+                // A callback that removed this watch has asked for no more deliveries.
+                if !reg.contains(event.key()) {
+                    break;
+                }
+                if watched.arrived.swap(false, Ordering::SeqCst) {
+                    callback(reg, watched.signal)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(key)
+    }
+}
