@@ -75,6 +75,7 @@ mod poller;
 mod registry;
 mod run;
 mod selector;
+mod signal;
 mod timer;
 
 pub use handle::Handle;
@@ -82,6 +83,7 @@ pub use interest::{Event, Interest, Readiness};
 pub use key::{Key, Token};
 pub use registry::{RegisterError, Registry};
 pub use selector::Selector;
+pub use signal::Signals;
 pub use timer::TimerKey;
 
 /// Compiles the README's example, so it cannot drift from the API.
