@@ -388,15 +388,17 @@ fn stop_requested_before_run_returns_after_one_iteration_without_blocking() -> i
     sel.register(idle, Interest::READ, noop())?;
     // A safety net, so a broken selector fails the test instead of hanging it.
     let handle = sel.handle();
+    let (finished, finish) = std::sync::mpsc::channel::<()>();
     let rescue = thread::spawn(move || {
-        thread::sleep(Duration::from_secs(3));
-        let _ = handle.stop();
+        if finish.recv_timeout(Duration::from_secs(3)).is_err() {
+            let _ = handle.stop();
+        }
     });
     sel.stop();
     let start = Instant::now();
     sel.run()?;
     let took = start.elapsed();
-    drop(sel);
+    let _ = finished.send(());
     rescue.join().expect("rescue thread");
     assert!(
         took < Duration::from_secs(1),
