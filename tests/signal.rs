@@ -1,0 +1,248 @@
+//! Signals delivered as loop callbacks (`Registry::on_signals`): the right signal, on the loop's
+//! thread, coalesced per wake-up; removal in every way uninstalls the watch and closes its
+//! descriptors, leaving other handlers of the same signal working.
+//!
+//! Signal dispositions and descriptor counts are process-wide, so this binary is separate from
+//! the others and every test holds `util::serial()`.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_int;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use selreactor::{Key, Selector, Signals};
+use signal_hook::consts::{SIGKILL, SIGSTOP, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::low_level::raise;
+
+use util::{fd_count, serial};
+
+type Seen = Rc<RefCell<Vec<c_int>>>;
+
+/// A watch that records each delivery.
+fn watch(sel: &mut Selector, signals: &[c_int]) -> io::Result<(Key<Signals>, Seen)> {
+    let seen = Seen::default();
+    let log = Rc::clone(&seen);
+    let key = sel.on_signals(signals, move |_, signal| {
+        log.borrow_mut().push(signal);
+        Ok(())
+    })?;
+    Ok((key, seen))
+}
+
+#[test]
+fn signal_from_another_thread_runs_the_callback_on_the_loop_thread() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let loop_thread = thread::current().id();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let log = Rc::clone(&seen);
+    sel.on_signals(&[SIGUSR1, SIGUSR2], move |_, signal| {
+        log.borrow_mut().push((signal, thread::current().id()));
+        Ok(())
+    })?;
+
+    // Raised on the helper, the handler runs there; the callback must still run here.
+    let raiser = thread::spawn(|| {
+        thread::sleep(Duration::from_millis(50));
+        raise(SIGUSR2)
+    });
+    let start = Instant::now();
+    while seen.borrow().is_empty() && start.elapsed() < Duration::from_secs(5) {
+        sel.run_once(Some(Duration::from_millis(500)))?;
+    }
+    raiser.join().expect("raiser panicked")?;
+    assert_eq!(*seen.borrow(), [(SIGUSR2, loop_thread)]);
+    Ok(())
+}
+
+#[test]
+fn signals_between_wakeups_arrive_once_each_in_watch_order() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let (_key, seen) = watch(&mut sel, &[SIGUSR1, SIGUSR2, SIGUSR1])?;
+
+    raise(SIGUSR2)?;
+    raise(SIGUSR1)?;
+    raise(SIGUSR1)?;
+    raise(SIGUSR2)?;
+    let ran = sel.run_once(Some(Duration::from_secs(2)))?;
+    assert_eq!(ran, 1, "one wake-up, one dispatch of the watch");
+    assert_eq!(*seen.borrow(), [SIGUSR1, SIGUSR2]);
+
+    // The pipe was drained: nothing is left to wake the loop.
+    assert_eq!(sel.run_once(Some(Duration::from_millis(50)))?, 0);
+    assert_eq!(seen.borrow().len(), 2);
+
+    raise(SIGUSR2)?;
+    sel.run_once(Some(Duration::from_secs(2)))?;
+    assert_eq!(*seen.borrow(), [SIGUSR1, SIGUSR2, SIGUSR2]);
+    Ok(())
+}
+
+#[test]
+fn sigterm_callback_stops_run() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let stopped_by = Rc::new(Cell::new(None));
+    let by = Rc::clone(&stopped_by);
+    sel.on_signals(&[SIGTERM], move |reg, signal| {
+        by.set(Some(signal));
+        reg.stop();
+        Ok(())
+    })?;
+    // A watch keeps `run` going; the guard timer ends a broken test instead of hanging it.
+    let timed_out = Rc::new(Cell::new(false));
+    let flag = Rc::clone(&timed_out);
+    let guard = sel.call_later(Duration::from_secs(5), move |reg| {
+        flag.set(true);
+        reg.stop();
+    });
+
+    let raiser = thread::spawn(|| {
+        thread::sleep(Duration::from_millis(50));
+        raise(SIGTERM)
+    });
+    sel.run()?;
+    raiser.join().expect("raiser panicked")?;
+    assert!(!timed_out.get(), "SIGTERM did not stop the loop within 5 s");
+    assert_eq!(stopped_by.get(), Some(SIGTERM));
+    sel.cancel(guard)?;
+    Ok(())
+}
+
+#[test]
+fn removing_the_watch_closes_its_fds_and_keeps_earlier_handlers() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    // A handler of our own, installed first: it must work before, during and after the watch.
+    let flagged = Arc::new(AtomicBool::new(false));
+    let own = signal_hook::flag::register(SIGUSR1, Arc::clone(&flagged))?;
+
+    let before = fd_count()?;
+    let (key, seen) = watch(&mut sel, &[SIGUSR1, SIGUSR2])?;
+    assert_eq!(
+        fd_count()?,
+        before + 3,
+        "one read end plus one write end per signal"
+    );
+
+    raise(SIGUSR1)?;
+    assert!(flagged.swap(false, Ordering::SeqCst));
+    sel.run_once(Some(Duration::from_secs(2)))?;
+    assert_eq!(*seen.borrow(), [SIGUSR1]);
+
+    sel.remove(key)?;
+    assert_eq!(fd_count()?, before, "removal leaked descriptors");
+    assert!(sel.is_empty());
+
+    raise(SIGUSR1)?;
+    raise(SIGUSR2)?; // no action left for it: signal-hook's handler does nothing
+    assert!(
+        flagged.load(Ordering::SeqCst),
+        "the earlier handler stopped working"
+    );
+    assert_eq!(sel.run_once(Some(Duration::from_millis(50)))?, 0);
+    assert_eq!(*seen.borrow(), [SIGUSR1]);
+
+    assert!(signal_hook::low_level::unregister(own));
+    Ok(())
+}
+
+#[test]
+fn a_watch_can_remove_itself_and_gets_no_further_signal() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let before = fd_count()?;
+    let own_key: Rc<Cell<Option<Key<Signals>>>> = Rc::default();
+    let seen = Seen::default();
+    let (slot, log) = (Rc::clone(&own_key), Rc::clone(&seen));
+    let key = sel.on_signals(&[SIGUSR1, SIGUSR2], move |reg, signal| {
+        log.borrow_mut().push(signal);
+        reg.remove(slot.get().expect("key stored before any signal"))
+    })?;
+    own_key.set(Some(key));
+
+    raise(SIGUSR1)?;
+    raise(SIGUSR2)?;
+    sel.run_once(Some(Duration::from_secs(2)))?;
+    assert_eq!(*seen.borrow(), [SIGUSR1], "delivered after removing itself");
+    assert!(!sel.contains(key));
+    assert_eq!(fd_count()?, before, "self-removal leaked descriptors");
+    Ok(())
+}
+
+#[test]
+fn a_failing_callback_removes_the_watch_and_reports_the_error() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let before = fd_count()?;
+    let reported = Rc::new(RefCell::new(Vec::new()));
+    let report = Rc::clone(&reported);
+    sel.set_error_handler(move |_, token, error| report.borrow_mut().push((token, error.kind())));
+    let key = sel.on_signals(&[SIGUSR2], |_, _| Err(io::Error::other("refused")))?;
+
+    raise(SIGUSR2)?;
+    sel.run_once(Some(Duration::from_secs(2)))?;
+    assert_eq!(*reported.borrow(), [(key.token(), io::ErrorKind::Other)]);
+    assert!(!sel.contains(key));
+    assert_eq!(fd_count()?, before);
+    Ok(())
+}
+
+#[test]
+fn dropping_the_selector_or_the_unregistered_watch_uninstalls_it() -> io::Result<()> {
+    let _serial = serial();
+    let before = fd_count()?;
+    let mut sel = Selector::new()?;
+    watch(&mut sel, &[SIGUSR1])?;
+    drop(sel);
+    assert_eq!(
+        fd_count()?,
+        before,
+        "dropping the selector leaked descriptors"
+    );
+
+    let mut sel = Selector::new()?;
+    let with_selector = fd_count()?;
+    let (key, seen) = watch(&mut sel, &[SIGUSR1, SIGUSR2])?;
+    let signals = sel.unregister(key)?;
+    assert_eq!(signals.signals().collect::<Vec<_>>(), [SIGUSR1, SIGUSR2]);
+    assert!(format!("{signals:?}").contains("SIGUSR2"));
+    raise(SIGUSR1)?; // still installed, nobody listening: harmless
+    assert_eq!(sel.run_once(Some(Duration::from_millis(50)))?, 0);
+    drop(signals);
+    assert_eq!(
+        fd_count()?,
+        with_selector,
+        "dropping the watch leaked descriptors"
+    );
+    assert!(seen.borrow().is_empty());
+    Ok(())
+}
+
+#[test]
+fn unhandleable_or_empty_signal_lists_are_refused_without_leaks() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let before = fd_count()?;
+    let cases: [&[c_int]; 5] = [&[], &[SIGKILL], &[SIGUSR1, SIGSTOP], &[0], &[SIGUSR1, 4096]];
+    for signals in cases {
+        let err = sel
+            .on_signals(signals, |_, _| Ok(()))
+            .expect_err(&format!("{signals:?} accepted"));
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::InvalidInput,
+            "{signals:?}: {err}"
+        );
+        assert_eq!(fd_count()?, before, "{signals:?} leaked descriptors");
+        assert!(sel.is_empty());
+    }
+    Ok(())
+}
