@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::mem;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::poller::{Events, Poller};
@@ -11,16 +11,32 @@ use crate::registry::Registry;
 
 type Remote = Box<dyn FnOnce(&mut Registry) + Send>;
 
+/// What `polling` reports a notification as (it reserves this key).
+const NOTIFY_KEY: usize = usize::MAX;
+
 /// What the loop shares with its handles.
 pub(crate) struct Shared {
     pub(crate) poller: Poller,
     /// Set (before notifying) by every handle operation; the loop clears it, then clears the
-    /// poller's notification, then takes the queue. That order is what makes wake-ups lossless:
-    /// work queued after the loop looked at the queue either finds `pending` still set (and the
-    /// loop, checking it before it sleeps, does not sleep) or notifies the poller anew.
+    /// poller's notification, then takes the queue. Work queued after the loop looked at the
+    /// queue either finds `pending` still set (and the loop, checking it before it sleeps, does
+    /// not sleep) or notifies the poller anew.
+    ///
+    /// A handle can be preempted between setting `pending` and notifying, and the loop can
+    /// collect its work in between: its notification then lands late, for work already taken.
+    /// The loop's next wait reports it, which disarms `polling`'s one-shot notifier while
+    /// `polling` still counts it as notified, so every later `notify` would be swallowed. So
+    /// [`collect`](Shared::collect) also clears the notification whenever a wait reported it,
+    /// flagged or not: every report is paired with a clear, and no wake-up is lost.
     pending: AtomicBool,
+    /// Whether any handle has ever signalled: until then no notification can be in flight, and
+    /// the loop skips looking for one among its events.
+    signalled: AtomicBool,
     stop: AtomicBool,
     closed: AtomicBool,
+    /// Live [`Handle`]s. Kept apart from the `Arc`'s count so that the last handle can wake the
+    /// loop *after* it stops counting: `run` then sees none left and returns.
+    handles: AtomicUsize,
     queue: Mutex<Vec<Remote>>,
 }
 
@@ -29,8 +45,10 @@ impl Shared {
         Shared {
             poller,
             pending: AtomicBool::new(false),
+            signalled: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            handles: AtomicUsize::new(0),
             queue: Mutex::new(Vec::new()),
         }
     }
@@ -40,19 +58,32 @@ impl Shared {
         self.pending.load(Ordering::SeqCst)
     }
 
+    /// Whether any [`Handle`] is alive (one may still send work).
+    pub(crate) fn has_handles(&self) -> bool {
+        self.handles.load(Ordering::SeqCst) != 0
+    }
+
     /// Collects what handles sent: their calls go to the back of `deferred`. Returns whether a
-    /// handle asked the loop to stop.
+    /// handle asked the loop to stop. `events` is what the wait just reported.
     pub(crate) fn collect(
         &self,
         events: &mut Events,
         deferred: &mut std::collections::VecDeque<crate::registry::Deferred>,
     ) -> io::Result<bool> {
         if !self.pending.swap(false, Ordering::SeqCst) {
+            if self.signalled.load(Ordering::SeqCst) && reports_notification(events) {
+                // A late notification for work already collected (see `pending`).
+                self.poller.clear_notification(events)?;
+            }
             return Ok(false);
         }
         self.poller.clear_notification(events)?;
         let queued = mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
-        deferred.extend(queued.into_iter().map(|f| -> crate::registry::Deferred { f }));
+        deferred.extend(
+            queued
+                .into_iter()
+                .map(|f| -> crate::registry::Deferred { f }),
+        );
         Ok(self.stop.swap(false, Ordering::SeqCst))
     }
 
@@ -69,9 +100,14 @@ impl Shared {
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed());
         }
+        self.signalled.store(true, Ordering::SeqCst);
         self.pending.store(true, Ordering::SeqCst);
         self.poller.notify()
     }
+}
+
+fn reports_notification(events: &Events) -> bool {
+    (0..events.len()).any(|i| events.get(i).0 == NOTIFY_KEY)
 }
 
 fn closed() -> io::Error {
@@ -108,13 +144,13 @@ fn closed() -> io::Error {
 /// worker.join().unwrap()?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
-#[derive(Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
 }
 
 impl Handle {
     pub(crate) fn new(shared: Arc<Shared>) -> Handle {
+        shared.handles.fetch_add(1, Ordering::SeqCst);
         Handle { shared }
     }
 
@@ -161,10 +197,80 @@ impl Handle {
     }
 }
 
+impl Clone for Handle {
+    fn clone(&self) -> Handle {
+        Handle::new(Arc::clone(&self.shared))
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Uncount first, then wake: a loop blocked only because this handle lived wakes, finds
+        // no handles left, and `run` returns. Once the selector is gone there is nothing to wake.
+        if self.shared.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _ = self.shared.signal();
+        }
+    }
+}
+
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
             .field("closed", &self.shared.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    /// The interleaving of the `pending` docs, played step by step: a handle flags work, the loop
+    /// collects it, and only then does the handle's notification land.
+    #[test]
+    fn a_late_notification_does_not_swallow_later_wake_ups() -> io::Result<()> {
+        let shared = Arc::new(Shared::new(Poller::new()?));
+        let mut events = Events::with_capacity(8);
+        let mut deferred = VecDeque::new();
+
+        shared.queue.lock().unwrap().push(Box::new(|_| {}));
+        shared.signalled.store(true, Ordering::SeqCst);
+        shared.pending.store(true, Ordering::SeqCst);
+        shared.collect(&mut events, &mut deferred)?;
+        assert_eq!(deferred.len(), 1);
+        shared.poller.notify()?; // the preempted handle resumes
+
+        // The loop wakes for it, with nothing to collect.
+        assert!(!shared.is_pending());
+        shared
+            .poller
+            .wait(&mut events, Some(Duration::from_secs(5)))?;
+        assert!(reports_notification(&events));
+        shared.collect(&mut events, &mut deferred)?;
+        assert_eq!(deferred.len(), 1);
+
+        // The loop goes to sleep; a later handle call must still wake it.
+        assert!(!shared.is_pending());
+        let handle = Handle::new(Arc::clone(&shared));
+        let sender = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            handle.call_soon(|_| {})
+        });
+        let start = Instant::now();
+        shared
+            .poller
+            .wait(&mut events, Some(Duration::from_secs(3)))?;
+        let slept = start.elapsed();
+        sender.join().unwrap()?;
+        assert!(
+            slept < Duration::from_secs(2),
+            "the wake-up was lost: slept {slept:?}"
+        );
+        shared.collect(&mut events, &mut deferred)?;
+        assert_eq!(deferred.len(), 2);
+        Ok(())
     }
 }

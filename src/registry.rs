@@ -349,7 +349,7 @@ impl Registry {
         self.entries.is_empty()
             && self.timers.is_empty()
             && self.deferred.is_empty()
-            && Arc::strong_count(&self.shared) == 1
+            && !self.shared.has_handles()
     }
 
     fn entry(&self, owner: Owner, token: Token) -> Option<&Entry> {
