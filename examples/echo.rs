@@ -111,6 +111,9 @@ pub struct Stats {
     pub connection_errors: Cell<u64>,
     /// Of those, the ones where the failure was a write.
     pub write_errors: Cell<u64>,
+    /// Of those, the `EPIPE` ones: the writes that raise `SIGPIPE` unless they pass
+    /// `MSG_NOSIGNAL`.
+    pub broken_pipes: Cell<u64>,
     /// Times the listener's callback ran.
     pub listener_dispatches: Cell<u64>,
     /// Times the listener was paused for want of descriptors.
@@ -140,6 +143,8 @@ pub struct Totals {
     pub connection_errors: u64,
     /// See [`Stats::write_errors`].
     pub write_errors: u64,
+    /// See [`Stats::broken_pipes`].
+    pub broken_pipes: u64,
     /// See [`Stats::listener_dispatches`].
     pub listener_dispatches: u64,
     /// See [`Stats::accept_pauses`].
@@ -160,6 +165,7 @@ impl Stats {
             short_writes: self.short_writes.get(),
             connection_errors: self.connection_errors.get(),
             write_errors: self.write_errors.get(),
+            broken_pipes: self.broken_pipes.get(),
             listener_dispatches: self.listener_dispatches.get(),
             accept_pauses: self.accept_pauses.get(),
         }
@@ -460,6 +466,9 @@ fn write_some(stats: &Stats, mut stream: &TcpStream, data: &[u8]) -> io::Result<
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 bump(&stats.write_errors, 1);
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    bump(&stats.broken_pipes, 1);
+                }
                 return Err(e);
             }
         }
