@@ -114,6 +114,8 @@ pub struct Stats {
     /// Of those, the `EPIPE` ones: the writes that raise `SIGPIPE` unless they pass
     /// `MSG_NOSIGNAL`.
     pub broken_pipes: Cell<u64>,
+    /// Times a connection's callback ran.
+    pub connection_dispatches: Cell<u64>,
     /// Times the listener's callback ran.
     pub listener_dispatches: Cell<u64>,
     /// Times the listener was paused for want of descriptors.
@@ -145,6 +147,8 @@ pub struct Totals {
     pub write_errors: u64,
     /// See [`Stats::broken_pipes`].
     pub broken_pipes: u64,
+    /// See [`Stats::connection_dispatches`].
+    pub connection_dispatches: u64,
     /// See [`Stats::listener_dispatches`].
     pub listener_dispatches: u64,
     /// See [`Stats::accept_pauses`].
@@ -166,6 +170,7 @@ impl Stats {
             connection_errors: self.connection_errors.get(),
             write_errors: self.write_errors.get(),
             broken_pipes: self.broken_pipes.get(),
+            connection_dispatches: self.connection_dispatches.get(),
             listener_dispatches: self.listener_dispatches.get(),
             accept_pauses: self.accept_pauses.get(),
         }
@@ -294,6 +299,7 @@ impl Server {
         };
         let server = Rc::clone(self);
         reg.register(stream, Interest::READ, move |reg, stream, event| {
+            bump(&server.stats.connection_dispatches, 1);
             match conn.serve(&server, stream, event.is_readable(), event.is_writable()) {
                 Ok(Some(interest)) => return reg.modify(event.key(), interest),
                 Ok(None) => {}

@@ -497,6 +497,39 @@ fn half_close_gets_the_whole_echo_then_end_of_stream() -> io::Result<()> {
     Ok(())
 }
 
+#[test]
+fn idle_and_reset_connections_cause_no_wakeups() -> io::Result<()> {
+    let server = EchoServer::start(Config::default(), Some(16 * 1024))?;
+    // A transfer big enough to need WRITE interest on and off many times.
+    let total = 1u64 << 20;
+    let busy = connect(server.addr, Some(16 * 1024))?;
+    let writer_stream = busy.try_clone()?;
+    let writer = thread::spawn(move || write_stream(&writer_stream, total, 64 * 1024, 5));
+    thread::sleep(Duration::from_millis(100)); // not reading yet: the server's writes back up
+    read_stream(&busy, total, 64 * 1024, |_| {})?;
+    join(writer)?;
+    // And one that resets, leaving a hang-up that must not stick.
+    let doomed = connect(server.addr, None)?;
+    (&doomed).write_all(b"bye")?;
+    server.wait_for("the echo", |t| t.bytes_echoed == total + 3)?;
+    reset(doomed)?;
+    server.wait_for("the reset connection closed", |t| t.closed == 1)?;
+
+    let before = server.totals()?;
+    assert!(before.short_writes > 0, "WRITE interest was never needed");
+    thread::sleep(Duration::from_millis(300));
+    let after = server.totals()?;
+    assert_eq!(
+        (after.connection_dispatches, after.listener_dispatches),
+        (before.connection_dispatches, before.listener_dispatches),
+        "callbacks ran while nothing happened"
+    );
+    drop(busy);
+    server.wait_for("all closed", |t| t.closed == 2)?;
+    server.stop()?;
+    Ok(())
+}
+
 /// Sends to the server without reading until it has stopped reading from this client, so
 /// that echo is pending and the connection waits for WRITE only.
 fn fill_until_server_stops_reading(server: &EchoServer, stream: &TcpStream) -> io::Result<()> {
