@@ -82,6 +82,9 @@ enum Behaviour {
     /// Removes the registration picked by the index among all issued so far (possibly itself,
     /// possibly already gone).
     RemoveOther(Index),
+    /// Like `RemoveOther`, then registers a new, already readable socket, which takes the freed
+    /// slot while the removed one's event may still be pending in the batch.
+    ReplaceOther(Index),
 }
 
 #[derive(Clone, Debug)]
@@ -109,6 +112,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Behaviour::Record),
         1 => Just(Behaviour::RemoveSelf),
         1 => any::<Index>().prop_map(Behaviour::RemoveOther),
+        1 => any::<Index>().prop_map(Behaviour::ReplaceOther),
     ];
     prop_oneof![
         3 => (kind, interest(), behaviour).prop_map(|(k, i, b)| Op::Register(k, i, b)),
@@ -141,15 +145,77 @@ struct Dispatch {
     id: usize,
     readiness: Readiness,
     right_key_and_source: bool,
-    /// For `RemoveOther`: the id it targeted.
+    /// For `RemoveOther` and `ReplaceOther`: the id it targeted.
     removed: Option<usize>,
+}
+
+/// A registration made by a callback, for the model to adopt when it replays the batch.
+struct Spawned {
+    key: Key<Source>,
+    fd: RawFd,
+    peer: Box<dyn Write>,
+}
+
+type Callback = Box<dyn FnMut(&mut Registry, &Source, selreactor::Event<Source>) -> io::Result<()>>;
+
+/// What every callback shares with the test.
+#[derive(Clone, Default)]
+struct Shared {
+    /// Every key issued, indexed by id (the order of registration).
+    keys: Rc<RefCell<Vec<Key<Source>>>>,
+    dispatches: Rc<RefCell<Vec<Dispatch>>>,
+    spawned: Rc<RefCell<Vec<Spawned>>>,
+}
+
+impl Shared {
+    fn callback(&self, id: usize, fd: RawFd, behaviour: Behaviour) -> Callback {
+        let shared = self.clone();
+        Box::new(move |reg, source, event| {
+            let right = shared.keys.borrow().get(id) == Some(&event.key())
+                && source.as_fd().as_raw_fd() == fd;
+            let mut removed = None;
+            match behaviour {
+                Behaviour::Record => {}
+                Behaviour::RemoveSelf => reg.remove(event.key())?,
+                Behaviour::RemoveOther(target) | Behaviour::ReplaceOther(target) => {
+                    let key = {
+                        let keys = shared.keys.borrow();
+                        let target = target.index(keys.len());
+                        removed = Some(target);
+                        keys[target]
+                    };
+                    match reg.remove(key) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                    if let Behaviour::ReplaceOther(_) = behaviour {
+                        let (ours, mut peer) = pair()?;
+                        peer.write_all(b"x")?;
+                        let fd = ours.as_raw_fd();
+                        let id = shared.keys.borrow().len();
+                        let callback = shared.callback(id, fd, Behaviour::Record);
+                        let key = reg.register(Source::Socket(ours), Interest::READ, callback)?;
+                        shared.keys.borrow_mut().push(key);
+                        let peer = Box::new(peer);
+                        shared.spawned.borrow_mut().push(Spawned { key, fd, peer });
+                    }
+                }
+            }
+            shared.dispatches.borrow_mut().push(Dispatch {
+                id,
+                readiness: event.readiness(),
+                right_key_and_source: right,
+                removed,
+            });
+            Ok(())
+        })
+    }
 }
 
 struct Case {
     sel: Selector,
     issued: Vec<Issued>,
-    keys: Rc<RefCell<Vec<Key<Source>>>>,
-    dispatches: Rc<RefCell<Vec<Dispatch>>>,
+    shared: Shared,
     baseline_fds: usize,
 }
 
@@ -160,8 +226,7 @@ impl Case {
         Ok(Case {
             sel,
             issued: Vec::new(),
-            keys: Rc::default(),
-            dispatches: Rc::default(),
+            shared: Shared::default(),
             baseline_fds,
         })
     }
@@ -183,35 +248,9 @@ impl Case {
         };
         let fd = source.as_fd().as_raw_fd();
         let id = self.issued.len();
-        let keys = Rc::clone(&self.keys);
-        let dispatches = Rc::clone(&self.dispatches);
-        let callback =
-            move |reg: &mut Registry, source: &Source, event: selreactor::Event<Source>| {
-                let keys = keys.borrow();
-                let right = keys.get(id) == Some(&event.key()) && source.as_fd().as_raw_fd() == fd;
-                let mut removed = None;
-                match behaviour {
-                    Behaviour::Record => {}
-                    Behaviour::RemoveSelf => reg.remove(event.key())?,
-                    Behaviour::RemoveOther(target) => {
-                        let target = target.index(keys.len());
-                        removed = Some(target);
-                        match reg.remove(keys[target]) {
-                            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                            _ => {}
-                        }
-                    }
-                }
-                dispatches.borrow_mut().push(Dispatch {
-                    id,
-                    readiness: event.readiness(),
-                    right_key_and_source: right,
-                    removed,
-                });
-                Ok(())
-            };
+        let callback = self.shared.callback(id, fd, behaviour);
         let key = self.sel.register(source, interest, callback)?;
-        self.keys.borrow_mut().push(key);
+        self.shared.keys.borrow_mut().push(key);
         self.issued.push(Issued {
             key,
             fd,
@@ -313,7 +352,8 @@ impl Case {
             .filter_map(|id| self.expected(id).map(|e| (id, e)))
             .collect();
         let ran = self.sel.run_once(Some(Duration::ZERO))?;
-        let dispatches = std::mem::take(&mut *self.dispatches.borrow_mut());
+        let dispatches = std::mem::take(&mut *self.shared.dispatches.borrow_mut());
+        let mut spawned = std::mem::take(&mut *self.shared.spawned.borrow_mut()).into_iter();
         assert_eq!(ran, dispatches.len());
         let mut seen = Vec::new();
         // Replay the batch in the order it ran: each dispatch must be for a registration the
@@ -323,14 +363,14 @@ impl Case {
                 d.right_key_and_source,
                 "a callback got another's key or source: {d:?}"
             );
+            let (readable, writable) = *ready
+                .get(&d.id)
+                .unwrap_or_else(|| panic!("dispatched but not ready: {d:?}"));
             assert!(self.issued[d.id].live, "dispatched after removal: {d:?}");
             assert!(
                 !seen.contains(&d.id),
                 "dispatched twice in one iteration: {d:?}"
             );
-            let (readable, writable) = *ready
-                .get(&d.id)
-                .unwrap_or_else(|| panic!("dispatched but not ready: {d:?}"));
             assert_eq!(
                 (d.readiness.is_readable(), d.readiness.is_writable()),
                 (readable, writable),
@@ -340,12 +380,25 @@ impl Case {
             match self.issued[d.id].behaviour {
                 Behaviour::Record => {}
                 Behaviour::RemoveSelf => self.end(d.id),
-                Behaviour::RemoveOther(_) => {
+                Behaviour::RemoveOther(_) | Behaviour::ReplaceOther(_) => {
                     let target = d.removed.expect("recorded");
                     if self.issued[target].live {
                         self.end(target);
                     }
                 }
+            }
+            if let Behaviour::ReplaceOther(_) = self.issued[d.id].behaviour {
+                let Spawned { key, fd, peer } = spawned.next().expect("one per replacement");
+                self.issued.push(Issued {
+                    key,
+                    fd,
+                    kind: Kind::Socket,
+                    behaviour: Behaviour::Record,
+                    peer: Some(peer),
+                    live: true,
+                    interest: Interest::READ,
+                    has_data: true,
+                });
             }
         }
         for &id in ready.keys() {
@@ -354,6 +407,10 @@ impl Case {
                 "registration {id} was ready, live and not dispatched"
             );
         }
+        assert!(
+            spawned.next().is_none(),
+            "every registration made in the batch adopted"
+        );
         Ok(())
     }
 
