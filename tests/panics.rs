@@ -275,11 +275,7 @@ fn a_drop_that_reenters_through_a_handle_works_or_is_refused() -> io::Result<()>
         reg.remove(event.key())
     })?;
     sel.run_once(WAIT)?;
-    assert_eq!(
-        outcome.get(),
-        Some(Ok(())),
-        "queued while dispatching"
-    );
+    assert_eq!(outcome.get(), Some(Ok(())), "queued while dispatching");
     sel.run_once(WAIT)?;
     assert_eq!(queued.count(), 1, "the queued call ran");
     assert!(!sel.contains(victim_key));
