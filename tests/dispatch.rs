@@ -632,3 +632,39 @@ fn callbacks_registered_during_an_iteration_wait_for_the_next() -> io::Result<()
     assert!(sel.is_empty());
     Ok(())
 }
+
+#[test]
+fn a_write_only_source_whose_peer_is_gone_is_dispatched_then_closed_without_spinning(
+) -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    let (ours, peer) = pair()?;
+    let fd = ours.as_raw_fd();
+    let seen = log();
+    let record = Rc::clone(&seen);
+    let key = sel.register(ours, Interest::WRITE, move |reg, mut stream, event| {
+        record.borrow_mut().push(event.readiness());
+        match stream.write_all(b"anyone there?") {
+            Ok(_) => Ok(()),
+            // What a server does with a dead peer: close it.
+            Err(e) => {
+                record.borrow_mut().push(selreactor::Readiness::default());
+                assert!(matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ));
+                reg.remove(event.key())
+            }
+        }
+    })?;
+    drop(peer);
+    sel.run_once(Some(Duration::from_secs(5)))?;
+    let seen = take(&seen);
+    assert_eq!(seen.len(), 2, "one dispatch, whose write failed: {seen:?}");
+    assert!(seen[0].is_writable() && seen[0].is_hangup(), "{seen:?}");
+    assert!(!sel.contains(key));
+    assert_eq!(epoll_entry(&sel, fd)?, None);
+    let start = Instant::now();
+    assert_eq!(sel.run_once(Some(Duration::from_millis(50)))?, 0);
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    Ok(())
+}

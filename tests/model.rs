@@ -3,8 +3,8 @@
 //! polled and dispatched.
 //!
 //! Cases: `PROPTEST_CASES` (default 256, 16 under valgrind), each up to 60 operations, from a
-//! fixed ChaCha seed so every run explores the same sequences. The single test owns this
-//! binary, so its descriptor counts are exact.
+//! fixed ChaCha seed so every run explores the same sequences. The model test shares this
+//! binary with the P5 key test below; both take [`serial`], so descriptor counts are exact.
 
 mod util;
 
@@ -483,4 +483,46 @@ fn the_registry_matches_a_simple_model_under_random_operations() {
         "every case released everything"
     );
     eprintln!("model: {cases} cases of up to 59 operations passed");
+}
+
+/// P5 through the public API: however often a slot is reused, every key issued for it before
+/// stays rejected, and no two registrations ever share a token.
+#[test]
+fn keys_stay_rejected_across_many_reuses_of_one_slot() -> io::Result<()> {
+    let _serial = serial();
+    let reuses = scaled(20_000, 1_000);
+    let mut sel = Selector::new()?;
+    let mut old = Vec::with_capacity(reuses);
+    let mut tokens = std::collections::BTreeSet::new();
+    for _ in 0..reuses {
+        let key = sel.register(ready_eventfd()?, Interest::READ, noop())?;
+        assert_eq!(key.token().index(), 0, "one slot, reused");
+        assert!(
+            tokens.insert(key.token()),
+            "token {:?} issued twice",
+            key.token()
+        );
+        sel.remove(key)?;
+        old.push(key);
+    }
+    let live = sel.register(ready_eventfd()?, Interest::READ, noop())?;
+    assert_eq!(live.token().index(), 0);
+    for key in old {
+        assert!(!sel.contains(key));
+        assert_eq!(
+            sel.modify(key, Interest::WRITE).map_err(|e| e.kind()),
+            Err(io::ErrorKind::NotFound)
+        );
+        assert_eq!(
+            sel.remove(key).map_err(|e| e.kind()),
+            Err(io::ErrorKind::NotFound)
+        );
+    }
+    assert_eq!(sel.interest(live), Some(Interest::READ));
+    assert_eq!(
+        sel.run_once(Some(Duration::ZERO))?,
+        1,
+        "only the live one dispatches"
+    );
+    Ok(())
 }
