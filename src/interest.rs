@@ -228,11 +228,15 @@ mod tests {
     #[test]
     fn filter_drops_what_interest_no_longer_asks_for() {
         let rw = Readiness::from_bits(Readiness::READABLE | Readiness::WRITABLE);
-        assert_eq!(rw.filter(Interest::READ), Some(Readiness(Readiness::READABLE)));
+        assert_eq!(
+            rw.filter(Interest::READ),
+            Some(Readiness(Readiness::READABLE))
+        );
         assert_eq!(rw.filter(Interest::NONE), None);
         let w = Readiness::from_bits(Readiness::WRITABLE);
         assert_eq!(w.filter(Interest::READ), None);
-        let hup = Readiness::from_bits(Readiness::READABLE | Readiness::WRITABLE | Readiness::HANGUP);
+        let hup =
+            Readiness::from_bits(Readiness::READABLE | Readiness::WRITABLE | Readiness::HANGUP);
         let seen = hup.filter(Interest::WRITE).unwrap();
         assert!(seen.is_writable() && seen.is_hangup() && !seen.is_readable());
     }

@@ -52,8 +52,11 @@ impl Poller {
         // leave a stale entry in this poller's own epoll set, which epoll removes when that
         // descriptor is closed: no memory is touched through it.
         unsafe {
-            self.poller
-                .add_with_mode(fd.as_raw_fd(), event(key, interest), polling::PollMode::Level)
+            self.poller.add_with_mode(
+                fd.as_raw_fd(),
+                event(key, interest),
+                polling::PollMode::Level,
+            )
         }
     }
 
@@ -123,7 +126,9 @@ impl Poller {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) fn clear_notification(&self, events: &mut Events) -> io::Result<()> {
         events.scratch.clear();
-        self.poller.wait(&mut events.scratch, Some(Duration::ZERO)).map(drop)
+        self.poller
+            .wait(&mut events.scratch, Some(Duration::ZERO))
+            .map(drop)
     }
 
     /// `Poller::wait` already cleared it.

@@ -66,7 +66,12 @@ impl<T> fmt::Debug for RegisterError<T> {
 
 impl<T> fmt::Display for RegisterError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot register {}: {}", short_type_name::<T>(), self.error)
+        write!(
+            f,
+            "cannot register {}: {}",
+            short_type_name::<T>(),
+            self.error
+        )
     }
 }
 
@@ -438,8 +443,7 @@ impl Registry {
     fn report(&mut self, token: Token, error: io::Error) {
         match self.error_handler.take() {
             Some(mut handler) => {
-                let outcome =
-                    panic::catch_unwind(AssertUnwindSafe(|| handler(self, token, error)));
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler(self, token, error)));
                 // Keep the handler unless it installed a new one while it ran.
                 self.error_handler.get_or_insert(handler);
                 if let Err(panic) = outcome {
