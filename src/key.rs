@@ -44,6 +44,17 @@ impl Token {
     pub fn index(self) -> usize {
         self.index as usize
     }
+
+    /// Which use of its slot this registration is.
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+
+    /// The value the OS poller carries for this registration: on Linux, the `data` field of its
+    /// epoll entry, as `/proc/self/fdinfo/<selector fd>` shows it (in hex).
+    pub fn to_raw(self) -> u64 {
+        self.to_poller_key() as u64
+    }
 }
 
 impl fmt::Debug for Token {
