@@ -83,8 +83,10 @@ impl Poller {
     /// end the wait early: it resumes with the time that is left.
     pub(crate) fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         let deadline = match timeout {
-            Some(t) if !t.is_zero() => Instant::now().checked_add(t),
-            _ => None,
+            // Nothing to keep track of: a poll, or a wait with no end.
+            Some(t) if t.is_zero() => None,
+            None => None,
+            Some(t) => Instant::now().checked_add(t),
         };
         let mut next = timeout;
         loop {

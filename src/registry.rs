@@ -355,6 +355,7 @@ impl Registry {
             && self.timers.is_empty()
             && self.deferred.is_empty()
             && !self.shared.has_handles()
+            && !self.shared.is_pending()
     }
 
     fn entry(&self, owner: Owner, token: Token) -> Option<&Entry> {
@@ -406,9 +407,29 @@ impl Registry {
         true
     }
 
-    /// Returns a registration to its slot after its callback, applying any interest change the
-    /// callback made to itself, or releases it if the callback removed it.
+    /// Returns a registration to its slot after its callback: the common case, kept small
+    /// enough to inline into `dispatch`.
+    #[inline]
     fn put_back(&mut self, token: Token, armed: Interest, registration: Box<dyn Registration>) {
+        if let Some(entry) = self.entries.get_mut(token.index()) {
+            if entry.generation == token.generation && entry.interest == armed {
+                entry.registration = Some(registration);
+                return;
+            }
+        }
+        self.put_back_changed(token, armed, registration);
+    }
+
+    /// The callback changed its own registration: apply the interest it asked for, or release
+    /// it if it removed itself.
+    #[cold]
+    #[inline(never)]
+    fn put_back_changed(
+        &mut self,
+        token: Token,
+        armed: Interest,
+        registration: Box<dyn Registration>,
+    ) {
         let poller = &self.shared.poller;
         let Some(entry) = self
             .entries
@@ -417,14 +438,11 @@ impl Registry {
         else {
             return release(poller, armed, registration);
         };
-        if entry.interest != armed {
-            let rearmed = rearm(poller, registration.fd(), token, armed, entry.interest);
-            if let Err(error) = rearmed {
-                self.discard(token, armed, registration);
-                return self.report(token, error);
-            }
-            entry.armed = entry.interest;
+        if let Err(error) = rearm(poller, registration.fd(), token, armed, entry.interest) {
+            self.discard(token, armed, registration);
+            return self.report(token, error);
         }
+        entry.armed = entry.interest;
         entry.registration = Some(registration);
     }
 
