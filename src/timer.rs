@@ -347,7 +347,11 @@ mod tests {
             assert!(timers.cancel(key));
         }
         assert_eq!(timers.len(), 0);
-        assert!(timers.heap.len() <= 200, "heap kept {} tombstones", timers.heap.len());
+        assert!(
+            timers.heap.len() <= 200,
+            "heap kept {} tombstones",
+            timers.heap.len()
+        );
         assert_eq!(timers.next_deadline(), None);
         assert_eq!(timers.heap.len(), 0);
     }
