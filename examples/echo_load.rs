@@ -16,6 +16,11 @@
 //!   `READY` once warmed up and waits for a line on stdin before the counted phase, then prints
 //!   its result and waits for another line before closing, so a script can read the server's
 //!   counters around exactly COUNT round trips, with no connection setup or teardown inside.
+//! - **Think time** (`--think-us T`): after each batch of echoes, pause T µs before sending the
+//!   replacements. Under valgrind the server runs ~50× slower than the client, so the client's
+//!   next message would already be waiting when the server finishes a write, and a server that
+//!   reads until `WouldBlock` would skip waits it makes natively. A pause longer than the
+//!   server's per-message time restores the native order of events (`scripts/cost-per-rtt.sh`).
 //!
 //! A round trip is one message echoed back in full; its latency runs from the moment the
 //! message was handed to `write` to the moment its last byte was read. Each connection's stream
@@ -52,6 +57,7 @@ struct Options {
     rtts: Option<u64>,
     warmup_rtts: u64,
     sync: bool,
+    think: Duration,
 }
 
 fn parse() -> io::Result<Options> {
@@ -65,6 +71,7 @@ fn parse() -> io::Result<Options> {
         rtts: None,
         warmup_rtts: 0,
         sync: false,
+        think: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
@@ -84,6 +91,10 @@ fn parse() -> io::Result<Options> {
                 options.warmup_rtts = value()?.parse().map_err(|_| bad("--warmup-rtts"))?
             }
             "--sync" => options.sync = true,
+            "--think-us" => {
+                let micros = value()?.parse().map_err(|_| bad("--think-us"))?;
+                options.think = Duration::from_micros(micros)
+            }
             _ if !arg.starts_with('-') => {
                 options.addr = arg.parse().map_err(|_| bad("ADDR must be IP:PORT"))?
             }
@@ -160,6 +171,8 @@ struct Load<'a> {
     buf: Vec<u8>,
     /// Messages that may still be sent in this phase (`u64::MAX` in timed mode until the end).
     budget: u64,
+    /// Connections whose echoes completed in this batch, awaiting the think time.
+    thinking: Vec<usize>,
     recording: bool,
     record: Record,
 }
@@ -205,6 +218,7 @@ impl<'a> Load<'a> {
             conns,
             buf: vec![0; READ_SIZE],
             budget: 0,
+            thinking: Vec::new(),
             recording: false,
             record: Record::default(),
         })
@@ -312,7 +326,12 @@ impl<'a> Load<'a> {
                 self.record.latencies_ns.push(ns as u32);
             }
         }
-        self.top_up(index)
+        if self.options.think.is_zero() {
+            self.top_up(index)
+        } else {
+            self.thinking.push(index);
+            Ok(())
+        }
     }
 
     /// Runs the loop until `done` says so; fails if nothing is echoed for `STALL`.
@@ -345,6 +364,15 @@ impl<'a> Load<'a> {
                 }
             }
             self.events = events;
+            if !self.thinking.is_empty() {
+                std::thread::sleep(self.options.think);
+                let mut thinking = std::mem::take(&mut self.thinking);
+                for &index in &thinking {
+                    self.top_up(index)?;
+                }
+                thinking.clear();
+                self.thinking = thinking;
+            }
         }
     }
 
