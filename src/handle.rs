@@ -70,7 +70,8 @@ impl Shared {
         events: &mut Events,
         deferred: &mut std::collections::VecDeque<crate::registry::Deferred>,
     ) -> io::Result<bool> {
-        if !self.pending.swap(false, Ordering::SeqCst) {
+        // Load first: the swap is a locked instruction, and most iterations find nothing.
+        if !(self.pending.load(Ordering::SeqCst) && self.pending.swap(false, Ordering::SeqCst)) {
             if self.signalled.load(Ordering::SeqCst) && reports_notification(events) {
                 // A late notification for work already collected (see `pending`).
                 self.poller.clear_notification(events)?;
@@ -123,7 +124,9 @@ fn closed() -> io::Error {
 /// loop going to sleep.
 ///
 /// While any handle lives, [`run`](crate::Selector::run) does not return for want of work,
-/// since a handle may still send some.
+/// since a handle may still send some. Handles share the selector's poller, so its three
+/// descriptors (epoll, and `polling`'s eventfd and timerfd) stay open until the selector *and*
+/// every handle are dropped.
 ///
 /// # Examples
 ///

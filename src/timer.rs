@@ -37,6 +37,14 @@ pub struct TimerKey {
     owner: Owner,
 }
 
+impl TimerKey {
+    /// The slot this timer occupies. Slots are reused once a timer fires or is cancelled; the
+    /// key itself is not.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
 impl fmt::Debug for TimerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TimerKey(#{}v{})", self.index, self.seq)
