@@ -65,14 +65,28 @@ impl Shared {
 
     /// Collects what handles sent: their calls go to the back of `deferred`. Returns whether a
     /// handle asked the loop to stop. `events` is what the wait just reported.
+    #[inline]
     pub(crate) fn collect(
         &self,
         events: &mut Events,
         deferred: &mut std::collections::VecDeque<crate::registry::Deferred>,
     ) -> io::Result<bool> {
-        // Load first: the swap is a locked instruction, and most iterations find nothing.
-        if !(self.pending.load(Ordering::SeqCst) && self.pending.swap(false, Ordering::SeqCst)) {
-            if self.signalled.load(Ordering::SeqCst) && reports_notification(events) {
+        // Plain loads first: most iterations of most loops have no handle traffic at all.
+        if !self.pending.load(Ordering::SeqCst) && !self.signalled.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.collect_signalled(events, deferred)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn collect_signalled(
+        &self,
+        events: &mut Events,
+        deferred: &mut std::collections::VecDeque<crate::registry::Deferred>,
+    ) -> io::Result<bool> {
+        if !self.pending.swap(false, Ordering::SeqCst) {
+            if reports_notification(events) {
                 // A late notification for work already collected (see `pending`).
                 self.poller.clear_notification(events)?;
             }
@@ -108,7 +122,7 @@ impl Shared {
 }
 
 fn reports_notification(events: &Events) -> bool {
-    (0..events.len()).any(|i| events.get(i).0 == NOTIFY_KEY)
+    events.iter().any(|(key, _)| key == NOTIFY_KEY)
 }
 
 fn closed() -> io::Error {

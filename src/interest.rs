@@ -102,8 +102,8 @@ impl fmt::Debug for Interest {
 pub struct Readiness(u8);
 
 impl Readiness {
-    pub(crate) const READABLE: u8 = 0b0001;
-    pub(crate) const WRITABLE: u8 = 0b0010;
+    pub(crate) const READABLE: u8 = READ_BIT;
+    pub(crate) const WRITABLE: u8 = WRITE_BIT;
     pub(crate) const HANGUP: u8 = 0b0100;
     pub(crate) const ERROR: u8 = 0b1000;
 
@@ -112,14 +112,10 @@ impl Readiness {
     }
 
     /// Keeps only what `interest` asks for; `None` when nothing is left to report.
+    #[inline]
     pub(crate) fn filter(self, interest: Interest) -> Option<Readiness> {
-        let mut bits = self.0;
-        if !interest.is_readable() {
-            bits &= !Self::READABLE;
-        }
-        if !interest.is_writable() {
-            bits &= !Self::WRITABLE;
-        }
+        // `READABLE` and `WRITABLE` sit on the same bits as `Interest`'s `READ` and `WRITE`.
+        let bits = self.0 & (interest.0 | Self::HANGUP | Self::ERROR);
         if bits & (Self::READABLE | Self::WRITABLE) == 0 {
             return None;
         }

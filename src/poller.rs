@@ -81,36 +81,57 @@ impl Poller {
 
     /// Waits for events or until `timeout` passes, whichever is first. Signals (`EINTR`) never
     /// end the wait early: it resumes with the time that is left.
+    #[inline]
     pub(crate) fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
-        let deadline = match timeout {
-            // Nothing to keep track of: a poll, or a wait with no end.
-            Some(t) if t.is_zero() => None,
-            None => None,
-            Some(t) => Instant::now().checked_add(t),
+        // Only a finite, non-zero wait needs to know when it started, to resume after a signal.
+        let start = match timeout {
+            Some(t) if !t.is_zero() => Some(Instant::now()),
+            _ => None,
         };
-        let mut next = timeout;
+        events.clear();
+        match self.wait_once(events, timeout) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.resume_after_signal(events, timeout, start)
+            }
+            other => other,
+        }
+    }
+
+    #[cold]
+    fn resume_after_signal(
+        &self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+        start: Option<Instant>,
+    ) -> io::Result<()> {
         loop {
             events.clear();
-            match self.wait_once(events, next.map(|t| t.min(MAX_WAIT))) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    if let Some(deadline) = deadline {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            events.clear();
-                            return Ok(());
-                        }
-                        next = Some(left);
+            let left = match (timeout, start) {
+                (Some(t), Some(start)) => {
+                    let left = t.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        return Ok(());
                     }
+                    Some(left)
                 }
+                _ => timeout,
+            };
+            match self.wait_once(events, left) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
         }
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[inline]
     fn wait_once(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         use rustix::event::{epoll, Timespec};
-        let timeout = timeout.map(|t| Timespec::try_from(t).unwrap_or(Timespec::default()));
+        let timeout = match timeout {
+            None => None,
+            Some(t) if t.is_zero() => Some(Timespec::default()),
+            Some(t) => Some(Timespec::try_from(t.min(MAX_WAIT)).unwrap_or_default()),
+        };
         epoll::wait(
             self.poller.as_fd(),
             rustix::buffer::spare_capacity(&mut events.list),
@@ -121,7 +142,9 @@ impl Poller {
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     fn wait_once(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
-        self.poller.wait(&mut events.list, timeout).map(drop)
+        self.poller
+            .wait(&mut events.list, timeout.map(|t| t.min(MAX_WAIT)))
+            .map(drop)
     }
 
     /// Resets the notification after a [`notify`](Poller::notify), so the next wait blocks again.
@@ -181,51 +204,56 @@ impl Events {
         self.list.clear();
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    /// The `i`th event as (poller key, readiness before interest filtering).
+    /// The events as (poller key, readiness before interest filtering).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[inline]
-    pub(crate) fn get(&self, i: usize) -> (usize, Readiness) {
-        use rustix::event::epoll::EventFlags as F;
-        let event = self.list[i];
-        let flags = event.flags;
-        let mut bits = 0;
-        if flags.intersects(F::IN | F::PRI | F::HUP | F::ERR | F::RDHUP) {
-            bits |= Readiness::READABLE;
-        }
-        if flags.intersects(F::OUT | F::HUP | F::ERR) {
-            bits |= Readiness::WRITABLE;
-        }
-        if flags.intersects(F::HUP | F::RDHUP) {
-            bits |= Readiness::HANGUP;
-        }
-        if flags.contains(F::ERR) {
-            bits |= Readiness::ERROR;
-        }
-        (event.data.u64() as usize, Readiness::from_bits(bits))
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, Readiness)> + '_ {
+        self.list.iter().map(|&event| translate(event))
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    pub(crate) fn get(&self, i: usize) -> (usize, Readiness) {
-        let event = self.list.iter().nth(i).expect("event index in range");
-        let mut bits = 0;
-        if event.readable {
-            bits |= Readiness::READABLE;
-        }
-        if event.writable {
-            bits |= Readiness::WRITABLE;
-        }
-        if event.is_interrupt() {
-            bits |= Readiness::HANGUP;
-        }
-        if event.is_err() == Some(true) {
-            bits |= Readiness::ERROR;
-        }
-        (event.key, Readiness::from_bits(bits))
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, Readiness)> + '_ {
+        self.list.iter().map(|event| {
+            let mut bits = 0;
+            if event.readable {
+                bits |= Readiness::READABLE;
+            }
+            if event.writable {
+                bits |= Readiness::WRITABLE;
+            }
+            if event.is_interrupt() {
+                bits |= Readiness::HANGUP;
+            }
+            if event.is_err() == Some(true) {
+                bits |= Readiness::ERROR;
+            }
+            (event.key, Readiness::from_bits(bits))
+        })
     }
+}
+
+/// An epoll event as (poller key, readiness before interest filtering). A hang-up or error
+/// counts as readable and writable, so whichever the source waits for, its callback learns of
+/// it from its next read or write.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[inline]
+fn translate(event: rustix::event::epoll::Event) -> (usize, Readiness) {
+    use rustix::event::epoll::EventFlags as F;
+    let flags = event.flags;
+    let mut bits = 0;
+    if flags.intersects(F::IN | F::PRI | F::HUP | F::ERR | F::RDHUP) {
+        bits |= Readiness::READABLE;
+    }
+    if flags.intersects(F::OUT | F::HUP | F::ERR) {
+        bits |= Readiness::WRITABLE;
+    }
+    if flags.intersects(F::HUP | F::RDHUP) {
+        bits |= Readiness::HANGUP;
+    }
+    if flags.contains(F::ERR) {
+        bits |= Readiness::ERROR;
+    }
+    (event.data.u64() as usize, Readiness::from_bits(bits))
 }
 
 #[cfg(all(test, any(target_os = "linux", target_os = "android")))]
@@ -238,7 +266,7 @@ mod tests {
     const NOTIFY_KEY: usize = usize::MAX;
 
     fn keys(events: &Events) -> Vec<usize> {
-        (0..events.len()).map(|i| events.get(i).0).collect()
+        events.iter().map(|(key, _)| key).collect()
     }
 
     #[test]
@@ -251,7 +279,7 @@ mod tests {
         let mut events = Events::with_capacity(8);
         poller.wait(&mut events, Some(Duration::from_secs(5)))?;
         assert_eq!(keys(&events), [key]);
-        assert!(events.get(0).1.is_readable());
+        assert!(events.iter().all(|(_, readiness)| readiness.is_readable()));
         // Level-triggered: still reported, no re-arm needed.
         poller.wait(&mut events, Some(Duration::ZERO))?;
         assert_eq!(keys(&events), [key]);

@@ -60,8 +60,7 @@ impl Selector {
         let calls_due = registry.deferred.len();
 
         let mut ran = 0;
-        for i in 0..events.len() {
-            let (key, readiness) = events.get(i);
+        for (key, readiness) in events.iter() {
             ran += usize::from(registry.dispatch(key, readiness));
         }
         if !registry.timers.is_empty() {
@@ -80,9 +79,13 @@ impl Selector {
 
 /// The caller's timeout, shortened to the next timer, and zero if work is already waiting or
 /// a stop is pending (the iteration that honours it must not block).
+#[inline]
 fn wait_timeout(registry: &mut Registry, timeout: Option<Duration>) -> Option<Duration> {
     if registry.stop_requested || registry.has_pending_calls() || registry.shared.is_pending() {
         return Some(Duration::ZERO);
+    }
+    if registry.timers.is_empty() {
+        return timeout;
     }
     match registry.timers.next_deadline() {
         None => timeout,
