@@ -396,7 +396,9 @@ fn churn_cycle(server: SocketAddr, i: usize, message: &mut String) -> io::Result
         Ending::Orderly => {
             stream.shutdown(Shutdown::Write)?;
             let mut rest = Vec::new();
-            (&stream).read_to_end(&mut rest)?;
+            (&stream).read_to_end(&mut rest).map_err(|e| {
+                io::Error::new(e.kind(), format!("no end of stream from the server: {e}"))
+            })?;
             if !rest.is_empty() {
                 return Err(io::Error::other(format!("cycle {i}: stray bytes {rest:?}")));
             }
@@ -580,7 +582,9 @@ fn hold_connections_child(n: usize) -> io::Result<()> {
         })?;
         held.push(stream);
         if (c + 1) % CONNECT_BATCH == 0 || c + 1 == n {
-            round_trip(&held[c], PROBE)?;
+            round_trip(&held[c], PROBE).map_err(|e| {
+                io::Error::new(e.kind(), format!("no echo on connection {c} of {n}: {e}"))
+            })?;
         }
     }
     say(&format!(
@@ -597,7 +601,9 @@ fn hold_connections_child(n: usize) -> io::Result<()> {
         }
         for (c, mut stream) in held.iter().enumerate() {
             let mut echoed = [0; 16];
-            stream.read_exact(&mut echoed)?;
+            stream.read_exact(&mut echoed).map_err(|e| {
+                io::Error::new(e.kind(), format!("connection {c}, round {round}: {e}"))
+            })?;
             if echoed != held_message(c, round) {
                 return Err(io::Error::other(format!(
                     "connection {c}, round {round}: got {echoed:?}"
