@@ -48,7 +48,8 @@ def bar_chart(path, title, panels):
     as grouped vertical bars, one colour per series (server)."""
     panel_w, panel_h, top, bottom, left = 430, 300, 60, 70, 60
     width = left + len(panels) * (panel_w + 30)
-    height = top + panel_h + bottom + 40
+    legend_rows = -(-len(ORDER) // max(1, (width - left) // 110))
+    height = top + panel_h + bottom + 18 * legend_rows
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="11">',
@@ -99,9 +100,10 @@ def bar_chart(path, title, panels):
                 f'<text x="{gx + (group_w - 12) / 2:.1f}" y="{top + panel_h + 16}" '
                 f'text-anchor="middle">{escape(label)}</text>'
             )
-    ly = top + panel_h + 45
+    per_row = max(1, (width - left) // 110)
     for i, series in enumerate(series_seen):
-        lx = left + i * 110
+        lx = left + (i % per_row) * 110
+        ly = top + panel_h + 40 + (i // per_row) * 18
         out.append(
             f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{COLOURS.get(series, "#17becf")}"/>'
         )
@@ -162,19 +164,19 @@ def echo(path, svg):
             cells.append(f"{median:,.0f} ({ratio:.2f})")
         print(f"| {config} | " + " | ".join(cells) + " |")
 
-    print("\nselreactor's median throughput over each peer's, same configuration and run\n")
+    print("\nselreactor over each peer: the ratio of their ratios to the floor (each run is first "
+          "divided by the floor runs around it, which cancels most of the drift between runs)\n")
     peers = [s for s in servers if s not in OURS]
     print("| config | " + " | ".join(f"selreactor / {p}" for p in peers) + " | selreactor-step / epoll |")
     print("|" + "---|" * (len(peers) + 2))
     for config in configs:
-        ours = medians.get((config, "selreactor"))
-        step = medians.get((config, "selreactor-step"))
+        ours = ratios.get((config, "selreactor"))
         cells = [
-            f"{ours / medians[(config, p)]:.2f}" if ours and medians.get((config, p)) else ""
+            f"{ours / ratios[(config, p)]:.2f}" if ours and ratios.get((config, p)) else ""
             for p in peers
         ]
-        floor = medians.get((config, FLOOR))
-        cells.append(f"{step / floor:.2f}" if step and floor else "")
+        step = ratios.get((config, "selreactor-step"))
+        cells.append(f"{step:.2f}" if step else "")
         print(f"| {config} | " + " | ".join(cells) + " |")
 
     print("\nLatency, median over runs of each run's percentile (µs): p50 / p99 / p99.9\n")
