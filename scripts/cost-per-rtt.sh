@@ -12,7 +12,7 @@
 #
 # usage: scripts/cost-per-rtt.sh [SERVER...]     (default: all; see scripts/echo-servers.sh)
 # env:   CONNS="1 16"  RTTS_1=100000 RTTS_16=200000  CG_N1=500 CG_N2=2500 (per connection)
-#        SKIP_CALLGRIND=1  OUT=bench-results/cost-DATE.tsv  CARGO_TARGET_DIR
+#        SKIP_CALLGRIND=1  OUT=bench-results/cost.tsv (chart: OUT minus .tsv, plus -per-rtt.svg)
 # Server on CPU 0, client on CPU 1 (taskset). Loopback only. Prints a table at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ source scripts/echo-servers.sh
 SERVERS=${*:-$ALL_SERVERS}
 CONNS=${CONNS:-"1 16"}
 PORT=${PORT:-18300}
-OUT=${OUT:-bench-results/cost-$(date -u +%Y%m%d-%H%M%S).tsv}
+OUT=${OUT:-bench-results/cost.tsv}
 CG_N1=${CG_N1:-500}
 CG_N2=${CG_N2:-2500}
 THINK_US=${THINK_US:-500}
@@ -64,6 +64,7 @@ native() {
     children+=("$server")
     coproc LOAD { taskset -c 1 "$BIN_DIR/echo_load" "$addr" --conns "$conns" \
         --warmup-rtts $((conns * 200)) --rtts "$rtts" --sync 2>/dev/null; }
+    children+=("$LOAD_PID")
     local line
     read -r line <&"${LOAD[0]}"
     [ "$line" = READY ] || { echo "load generator failed for $name" >&2; return 1; }
@@ -147,4 +148,4 @@ for conns in $CONNS; do
     done
 done
 echo "wrote $OUT" >&2
-python3 scripts/chart.py cost "$OUT"
+python3 scripts/chart.py cost "$OUT" --svg "${OUT%.tsv}-per-rtt.svg"
