@@ -408,6 +408,11 @@ impl Connection {
                     let peak = stats.peak_pending.get().max(self.unsent());
                     stats.peak_pending.set(peak);
                 }
+                // A short read drained the socket: another read would only find `WouldBlock`,
+                // a wasted syscall per round trip. If more arrives, the loop reports it again.
+                if n < config.read_chunk {
+                    break;
+                }
             }
         }
         if (writable || self.peer_done) && self.unsent() > 0 {
