@@ -12,138 +12,26 @@ mod util;
 #[allow(dead_code)]
 #[path = "../examples/echo.rs"]
 mod echo;
+#[allow(dead_code)]
+#[path = "util/echo_server.rs"]
+mod echo_server;
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::env;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, ExitStatus, Stdio};
-use std::rc::Rc;
-use std::sync::{mpsc, Arc, Barrier, OnceLock};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use echo::{Config, Stats, Totals};
-use selreactor::{Handle, Selector};
+use echo::Config;
+use echo_server::{EchoServer, SETTLE};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// No client call may block longer than this: a broken server fails the test, never hangs it.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for the server's counters to reach an expected state.
-const SETTLE: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------------
-// The server under test, on its own thread.
-
-thread_local! {
-    /// The counters of the server running on this thread (set on server threads only).
-    static STATS: RefCell<Option<Rc<Stats>>> = const { RefCell::new(None) };
-}
-
-struct EchoServer {
-    addr: SocketAddr,
-    handle: Handle,
-    thread: Option<JoinHandle<io::Result<Totals>>>,
-}
-
-impl EchoServer {
-    /// Starts a quiet server with `config`; `socket_buffers` sets the listener's SO_RCVBUF and
-    /// SO_SNDBUF, which accepted connections inherit (small ones force partial writes).
-    fn start(config: Config, socket_buffers: Option<usize>) -> io::Result<EchoServer> {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = thread::spawn(move || -> io::Result<Totals> {
-            let setup = || -> io::Result<_> {
-                let listener = echo::bind("127.0.0.1:0".parse().expect("an address"))?;
-                if let Some(size) = socket_buffers {
-                    let socket = SockRef::from(&listener);
-                    socket.set_recv_buffer_size(size)?;
-                    socket.set_send_buffer_size(size)?;
-                }
-                let addr = listener.local_addr()?;
-                let mut sel = Selector::new()?;
-                let stats = echo::serve(
-                    &mut sel,
-                    listener,
-                    Config {
-                        quiet: true,
-                        ..config
-                    },
-                )?;
-                Ok((sel, stats, addr))
-            };
-            let (mut sel, stats, addr) = match setup() {
-                Ok(parts) => parts,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return Ok(Totals::default());
-                }
-            };
-            STATS.with(|s| *s.borrow_mut() = Some(Rc::clone(&stats)));
-            let _ = ready_tx.send(Ok((addr, sel.handle())));
-            sel.run()?;
-            Ok(stats.totals())
-        });
-        let (addr, handle) = ready_rx
-            .recv_timeout(SETTLE)
-            .map_err(|_| io::Error::other("the server thread did not start"))??;
-        Ok(EchoServer {
-            addr,
-            handle,
-            thread: Some(thread),
-        })
-    }
-
-    /// The server's counters, read on its own thread.
-    fn totals(&self) -> io::Result<Totals> {
-        let (tx, rx) = mpsc::channel();
-        self.handle.call_soon(move |_| {
-            let totals = STATS.with(|s| s.borrow().as_ref().map(|stats| stats.totals()));
-            let _ = tx.send(totals);
-        })?;
-        rx.recv_timeout(SETTLE)
-            .ok()
-            .flatten()
-            .ok_or_else(|| io::Error::other("the server did not answer"))
-    }
-
-    /// Polls the counters until `done` holds; fails after `SETTLE`.
-    fn wait_for(&self, what: &str, done: impl Fn(&Totals) -> bool) -> io::Result<Totals> {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let totals = self.totals()?;
-            if done(&totals) {
-                return Ok(totals);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "timed out waiting for {what}; server at {totals:?}"
-                )));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Stops the loop and returns the final counters.
-    fn stop(mut self) -> io::Result<Totals> {
-        self.handle.stop()?;
-        let thread = self.thread.take().expect("stopped once");
-        thread
-            .join()
-            .map_err(|_| io::Error::other("the server thread panicked"))?
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        // A test that failed early still stops its server rather than leaving it running.
-        if let Some(thread) = self.thread.take() {
-            let _ = self.handle.stop();
-            let _ = thread.join();
-        }
-    }
-}
 
 /// The most a connection may ever have pending: the mark plus one read.
 fn buffer_bound(config: &Config) -> usize {

@@ -21,23 +21,24 @@ mod util;
 #[allow(dead_code)]
 #[path = "../examples/echo.rs"]
 mod echo;
+#[allow(dead_code)]
+#[path = "util/echo_server.rs"]
+mod echo_server;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::RefCell;
 use std::env;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use echo::{Config, Stats, Totals};
-use selreactor::{Handle, Selector};
+use echo::{Config, Totals};
+use echo_server::{poll_until, EchoServer, SETTLE};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Churn cycles: `cargo test` default, and the count under valgrind.
@@ -49,8 +50,6 @@ const DEFAULT_CONNECTIONS: usize = 10_000;
 
 /// No client call may block longer than this: a broken server fails the test, never hangs it.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for the server's counters to reach an expected state.
-const SETTLE: Duration = Duration::from_secs(20);
 
 /// Resident memory may grow this much over the measured churn (after the warm-up): page-level
 /// noise from the allocator and thread stacks. A leak of 100 bytes per connection over 9,000
@@ -171,10 +170,6 @@ fn kib(bytes: isize) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // The server under test, on its own thread.
 
-thread_local! {
-    /// The counters of the server running on this thread (set on server threads only).
-    static STATS: RefCell<Option<Rc<Stats>>> = const { RefCell::new(None) };
-}
 
 /// What the server's process looks like at one moment, read on the server's thread.
 #[derive(Clone, Copy, Debug)]
@@ -190,114 +185,50 @@ struct Snapshot {
     live_heap_bytes: isize,
 }
 
+/// The echo server under test, with the soak's view of its process.
 struct SoakServer {
-    addr: SocketAddr,
-    handle: Handle,
-    epoll: RawFd,
-    thread: Option<JoinHandle<io::Result<Totals>>>,
+    server: EchoServer,
 }
 
 impl SoakServer {
     /// Starts a quiet echo server with the default configuration on `127.0.0.1:0`.
     fn start() -> io::Result<SoakServer> {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = thread::spawn(move || -> io::Result<Totals> {
-            let setup = || -> io::Result<_> {
-                let listener = echo::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-                let addr = listener.local_addr()?;
-                let mut sel = Selector::new()?;
-                let config = Config {
-                    quiet: true,
-                    ..Config::default()
-                };
-                let stats = echo::serve(&mut sel, listener, config)?;
-                Ok((sel, stats, addr))
-            };
-            let (mut sel, stats, addr) = match setup() {
-                Ok(parts) => parts,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return Ok(Totals::default());
-                }
-            };
-            STATS.with(|s| *s.borrow_mut() = Some(Rc::clone(&stats)));
-            let _ = ready_tx.send(Ok((addr, sel.handle(), sel.as_raw_fd())));
-            sel.run()?;
-            Ok(stats.totals())
-        });
-        let (addr, handle, epoll) = ready_rx
-            .recv_timeout(SETTLE)
-            .map_err(|_| io::Error::other("the server thread did not start"))??;
         Ok(SoakServer {
-            addr,
-            handle,
-            epoll,
-            thread: Some(thread),
+            server: EchoServer::start(Config::default(), None)?,
         })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
     }
 
     /// The server's state, read on its own thread between callbacks.
     fn snapshot(&self) -> io::Result<Snapshot> {
-        let (tx, rx) = mpsc::channel();
-        let epoll = EpollFd(self.epoll);
-        self.handle.call_soon(move |reg| {
-            let measure = || -> io::Result<Snapshot> {
-                // Memory first: reading a 10,000-line fdinfo allocates about a megabyte, which
-                // the allocator may keep resident.
-                let live_heap_bytes = LIVE_HEAP_BYTES.load(Ordering::SeqCst);
-                let resident_kib = resident_kib()?;
-                let totals = STATS
-                    .with(|s| s.borrow().as_ref().map(|stats| stats.totals()))
-                    .ok_or_else(|| io::Error::other("no server on this thread"))?;
-                Ok(Snapshot {
-                    totals,
-                    registrations: reg.len(),
-                    epoll_entries: util::epoll_entries(&epoll)?.len(),
-                    descriptors: util::fd_count()?,
-                    resident_kib,
-                    live_heap_bytes,
-                })
-            };
-            let _ = tx.send(measure());
-        })?;
-        rx.recv_timeout(SETTLE)
-            .map_err(|_| io::Error::other("the server did not answer"))?
+        let epoll = EpollFd(self.server.epoll);
+        self.server.query(move |reg, stats| -> io::Result<Snapshot> {
+            // Memory first: reading a 10,000-line fdinfo allocates about a megabyte, which the
+            // allocator may keep resident.
+            let live_heap_bytes = LIVE_HEAP_BYTES.load(Ordering::SeqCst);
+            let resident_kib = resident_kib()?;
+            Ok(Snapshot {
+                totals: stats.totals(),
+                registrations: reg.len(),
+                epoll_entries: util::epoll_entries(&epoll)?.len(),
+                descriptors: util::fd_count()?,
+                resident_kib,
+                live_heap_bytes,
+            })
+        })?
     }
 
     /// Polls until `done` holds; fails after `SETTLE`.
     fn wait_for(&self, what: &str, done: impl Fn(&Snapshot) -> bool) -> io::Result<Snapshot> {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let snapshot = self.snapshot()?;
-            if done(&snapshot) {
-                return Ok(snapshot);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "timed out waiting for {what}; server at {snapshot:?}"
-                )));
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(what, || self.snapshot(), done)
     }
 
     /// Stops the loop and returns the final counters.
-    fn stop(mut self) -> io::Result<Totals> {
-        self.handle.stop()?;
-        let thread = self.thread.take().expect("stopped once");
-        thread
-            .join()
-            .map_err(|_| io::Error::other("the server thread panicked"))?
-    }
-}
-
-impl Drop for SoakServer {
-    fn drop(&mut self) {
-        // A test that failed early still stops its server rather than leaving it running.
-        if let Some(thread) = self.thread.take() {
-            let _ = self.handle.stop();
-            let _ = thread.join();
-        }
+    fn stop(self) -> io::Result<Totals> {
+        self.server.stop()
     }
 }
 
@@ -445,10 +376,10 @@ fn churn_of_short_connections_leaves_descriptors_memory_and_registrations_flat()
 
     // The warm-up grows whatever grows once: the slab, the allocator's arenas, thread stacks.
     let first_cycle = Instant::now();
-    churn(server.addr, 0..warm_up)?;
+    churn(server.addr(), 0..warm_up)?;
     let warm = server.wait_for("the warm-up connections closed", settled(warm_up))?;
     let started = Instant::now();
-    churn(server.addr, warm_up..cycles)?;
+    churn(server.addr(), warm_up..cycles)?;
     let churn_time = started.elapsed();
     let end = server.wait_for("every connection closed", settled(cycles))?;
     let settle_time = started.elapsed();
@@ -768,7 +699,7 @@ fn ten_thousand_connections_held_at_once_are_all_served() -> io::Result<()> {
 
     let server = SoakServer::start()?;
     let baseline = server.snapshot()?;
-    let mut clients = ChildClients::spawn(TEST, n, server.addr)?;
+    let mut clients = ChildClients::spawn(TEST, n, server.addr())?;
     // The pipes to the child: its stdin, stdout and stderr.
     let pipes = 3;
 
