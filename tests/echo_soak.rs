@@ -170,7 +170,6 @@ fn kib(bytes: isize) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // The server under test, on its own thread.
 
-
 /// What the server's process looks like at one moment, read on the server's thread.
 #[derive(Clone, Copy, Debug)]
 struct Snapshot {
@@ -205,20 +204,21 @@ impl SoakServer {
     /// The server's state, read on its own thread between callbacks.
     fn snapshot(&self) -> io::Result<Snapshot> {
         let epoll = EpollFd(self.server.epoll);
-        self.server.query(move |reg, stats| -> io::Result<Snapshot> {
-            // Memory first: reading a 10,000-line fdinfo allocates about a megabyte, which the
-            // allocator may keep resident.
-            let live_heap_bytes = LIVE_HEAP_BYTES.load(Ordering::SeqCst);
-            let resident_kib = resident_kib()?;
-            Ok(Snapshot {
-                totals: stats.totals(),
-                registrations: reg.len(),
-                epoll_entries: util::epoll_entries(&epoll)?.len(),
-                descriptors: util::fd_count()?,
-                resident_kib,
-                live_heap_bytes,
-            })
-        })?
+        self.server
+            .query(move |reg, stats| -> io::Result<Snapshot> {
+                // Memory first: reading a 10,000-line fdinfo allocates about a megabyte, which the
+                // allocator may keep resident.
+                let live_heap_bytes = LIVE_HEAP_BYTES.load(Ordering::SeqCst);
+                let resident_kib = resident_kib()?;
+                Ok(Snapshot {
+                    totals: stats.totals(),
+                    registrations: reg.len(),
+                    epoll_entries: util::epoll_entries(&epoll)?.len(),
+                    descriptors: util::fd_count()?,
+                    resident_kib,
+                    live_heap_bytes,
+                })
+            })?
     }
 
     /// Polls until `done` holds; fails after `SETTLE`.
