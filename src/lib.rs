@@ -55,6 +55,10 @@
 //!   wakes it, queues closures onto it and stops it from others.
 //! - **Fair iterations.** Each iteration runs the ready I/O callbacks, then the due timers, then
 //!   the calls queued before it; what is queued during an iteration waits for the next.
+//! - **Time and signals on the loop.** [`Registry::call_later`], [`Registry::call_every`] and
+//!   [`Registry::call_soon`] schedule work with the same access as an I/O callback; timers never
+//!   fire early and repeating ones do not drift. [`Registry::on_signals`] turns Unix signals
+//!   into callbacks.
 //! - **Linux first.** On Linux and Android each wait is a single `epoll_wait` (see `poller.rs`
 //!   for how and why); other Unix systems go through `polling`'s portable wait, which is not
 //!   tested here.
