@@ -96,6 +96,11 @@ pub(crate) struct Timers {
     base: Instant,
     next_seq: u64,
     tombstones: usize,
+    /// Due entries that `fire_timers` popped because they were scheduled during its round:
+    /// they wait for the next iteration without hiding the older due timers beneath them.
+    /// Put back when the round ends, or, after a callback's panic cut it short, before the
+    /// heap is next read.
+    postponed: Vec<Scheduled>,
 }
 
 impl Timers {
@@ -109,6 +114,7 @@ impl Timers {
                 .unwrap_or(now),
             next_seq: 0,
             tombstones: 0,
+            postponed: Vec::new(),
         }
     }
 
@@ -142,6 +148,7 @@ impl Timers {
 
     /// The earliest deadline of a live timer, dropping tombstones that sit on top.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        self.restore_postponed();
         while let Some(top) = self.heap.peek() {
             if self.is_live(top) {
                 return Some(self.instant(top.deadline));
@@ -178,6 +185,7 @@ impl Timers {
             // repeating timer has none: it is pushed back only after its callback returns.
             self.tombstones += 1;
             if self.tombstones > 64 && self.tombstones > self.heap.len() / 2 {
+                self.restore_postponed();
                 let timers = &self.timers;
                 self.heap
                     .retain(|s| timers.get(s.index as usize).is_some_and(|t| t.seq == s.seq));
@@ -188,18 +196,27 @@ impl Timers {
     }
 
     /// Pops the next live timer that is due at `now` (in heap nanoseconds) and was scheduled
-    /// before `cutoff`.
+    /// before `cutoff`. Due timers scheduled since are set aside in `postponed`.
     fn pop_due(&mut self, now: u64, cutoff: u64) -> Option<Scheduled> {
         loop {
             let top = self.heap.peek()?;
-            if top.deadline > now || top.seq >= cutoff {
+            if top.deadline > now {
                 return None;
             }
             let top = self.heap.pop().expect("peeked");
-            if self.is_live(&top) {
+            if !self.is_live(&top) {
+                self.tombstones -= 1;
+            } else if top.seq >= cutoff {
+                self.postponed.push(top);
+            } else {
                 return Some(top);
             }
-            self.tombstones -= 1;
+        }
+    }
+
+    fn restore_postponed(&mut self) {
+        if !self.postponed.is_empty() {
+            self.heap.extend(self.postponed.drain(..));
         }
     }
 }
@@ -316,6 +333,7 @@ impl Registry {
 
     /// Fires the timers due at `now` that were scheduled before this call. Returns how many ran.
     pub(crate) fn fire_timers(&mut self, now: Instant) -> usize {
+        self.timers.restore_postponed();
         let cutoff = self.timers.next_seq;
         let owner = self.owner();
         let now_nanos = self.timers.nanos(now);
@@ -363,6 +381,7 @@ impl Registry {
                 }
             }
         }
+        self.timers.restore_postponed();
         fired
     }
 }
