@@ -58,13 +58,14 @@ impl Selector {
             registry.stop_requested = true;
         }
         let calls_due = registry.deferred.len();
+        let timers_due = registry.timer_cutoff();
 
         let mut ran = 0;
         for (key, readiness) in events.iter() {
             ran += usize::from(registry.dispatch(key, readiness));
         }
         if !registry.timers.is_empty() {
-            ran += registry.fire_timers(Instant::now());
+            ran += registry.fire_timers(Instant::now(), timers_due);
         }
         for _ in 0..calls_due {
             let Some(call) = registry.deferred.pop_front() else {

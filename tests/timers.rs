@@ -662,3 +662,29 @@ fn cancelling_many_timers_keeps_only_the_live_ones() -> io::Result<()> {
     assert_eq!(fired.get(), kept);
     Ok(())
 }
+
+#[test]
+fn a_due_timer_scheduled_by_an_io_callback_waits_for_the_next_iteration() -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    let ready = ready_eventfd()?;
+    let fired = Rc::new(Cell::new(false));
+    let flag = Rc::clone(&fired);
+    let past = Instant::now()
+        .checked_sub(Duration::from_secs(1))
+        .unwrap_or_else(Instant::now);
+    sel.register(ready, Interest::READ, move |reg, _, event| {
+        let flag = Rc::clone(&flag);
+        reg.call_at(past, move |_| flag.set(true));
+        reg.remove(event.key())
+    })?;
+    // The I/O callback runs; the timer it scheduled is already due, but was queued during this
+    // iteration, so it waits for the next one.
+    assert_eq!(sel.run_once(Some(Duration::from_secs(5)))?, 1);
+    assert!(
+        !fired.get(),
+        "a timer scheduled during an iteration ran in it"
+    );
+    assert_eq!(sel.run_once(Some(Duration::ZERO))?, 1);
+    assert!(fired.get());
+    Ok(())
+}
