@@ -14,8 +14,9 @@
 //!    timeout clears and re-arms it.
 //!
 //! The cross-thread [`Handle`](crate::Handle) uses `Poller::notify`; the loop calls
-//! [`Poller::clear_notification`] only after a handle has flagged work, so the five-syscall path
-//! runs once per wake-up instead of once per wait. Elsewhere the portable `Poller::wait` is used.
+//! [`Poller::clear_notification`] only when a handle has flagged work or a wait reported a
+//! notification, so the five-syscall path runs once per wake-up instead of once per wait.
+//! Elsewhere the portable `Poller::wait` is used.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
