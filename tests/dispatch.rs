@@ -30,23 +30,6 @@ fn read_some(mut stream: &UnixStream) -> io::Result<usize> {
     }
 }
 
-/// Whether the peer of `stream` has been closed: a blocking read sees end of stream.
-fn peer_closed(stream: &mut UnixStream) -> io::Result<bool> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut buf = [0; 64];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return Ok(true),
-            Ok(_) => continue,
-            // Closed with our bytes still unread in its buffer.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 #[test]
 fn a_callback_removing_itself_runs_once_and_is_dropped_after_it_returns() -> io::Result<()> {
     let mut sel = Selector::new()?;

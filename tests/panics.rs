@@ -4,7 +4,7 @@
 mod util;
 
 use std::cell::Cell;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
@@ -31,22 +31,6 @@ fn run_once_catching(sel: &mut Selector) -> Option<String> {
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_default(),
         ),
-    }
-}
-
-/// Whether the peer of `stream` has been closed.
-fn peer_closed(stream: &mut UnixStream) -> io::Result<bool> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut buf = [0; 64];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return Ok(true),
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        }
     }
 }
 

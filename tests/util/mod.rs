@@ -265,3 +265,20 @@ pub fn recorder<T>(
 pub fn names(log: &Log<(&'static str, selreactor::Readiness)>) -> Vec<&'static str> {
     take(log).into_iter().map(|(name, _)| name).collect()
 }
+
+/// Whether the peer of `stream` has been closed: a blocking read sees end of stream.
+pub fn peer_closed(stream: &mut UnixStream) -> io::Result<bool> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [0; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(_) => continue,
+            // Closed with our bytes still unread in its buffer.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
