@@ -88,97 +88,53 @@ impl Default for Config {
     }
 }
 
-/// Counters the server keeps as it runs, shared with whoever called [`serve`].
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted.
-    pub accepted: Cell<u64>,
-    /// Connections closed, for whatever reason.
-    pub closed: Cell<u64>,
-    /// Bytes read from peers.
-    pub bytes_received: Cell<u64>,
-    /// Bytes written back to peers.
-    pub bytes_echoed: Cell<u64>,
-    /// The most echo any one connection has had pending.
-    pub peak_pending: Cell<usize>,
-    /// Echo pending right now, over all connections.
-    pub pending_now: Cell<usize>,
-    /// Times a connection reached the high-water mark and stopped being read.
-    pub read_pauses: Cell<u64>,
-    /// Times a write took less than it was offered (the socket buffer was full).
-    pub short_writes: Cell<u64>,
-    /// Connections closed because a read or write failed (reset, broken pipe, ...).
-    pub connection_errors: Cell<u64>,
-    /// Of those, the ones where the failure was a write.
-    pub write_errors: Cell<u64>,
-    /// Of those, the `EPIPE` ones: the writes that raise `SIGPIPE` unless they pass
-    /// `MSG_NOSIGNAL`.
-    pub broken_pipes: Cell<u64>,
-    /// Times a connection's callback ran.
-    pub connection_dispatches: Cell<u64>,
-    /// Times the listener's callback ran.
-    pub listener_dispatches: Cell<u64>,
-    /// Times the listener was paused for want of descriptors.
-    pub accept_pauses: Cell<u64>,
-}
-
-/// A snapshot of [`Stats`], plain values that can cross threads.
+/// The server's counters, as plain values that can cross threads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
-    /// See [`Stats::accepted`].
+    /// Connections accepted.
     pub accepted: u64,
-    /// See [`Stats::closed`].
+    /// Connections closed, for whatever reason.
     pub closed: u64,
-    /// See [`Stats::bytes_received`].
+    /// Bytes read from peers.
     pub bytes_received: u64,
-    /// See [`Stats::bytes_echoed`].
+    /// Bytes written back to peers.
     pub bytes_echoed: u64,
-    /// See [`Stats::peak_pending`].
+    /// The most echo any one connection has had pending.
     pub peak_pending: usize,
-    /// See [`Stats::pending_now`].
+    /// Echo pending right now, over all connections.
     pub pending_now: usize,
-    /// See [`Stats::read_pauses`].
+    /// Times a connection reached the high-water mark and stopped being read.
     pub read_pauses: u64,
-    /// See [`Stats::short_writes`].
+    /// Times a write took less than it was offered (the socket buffer was full).
     pub short_writes: u64,
-    /// See [`Stats::connection_errors`].
+    /// Connections closed because a read or write failed (reset, broken pipe, ...).
     pub connection_errors: u64,
-    /// See [`Stats::write_errors`].
+    /// Of those, the ones where the failure was a write.
     pub write_errors: u64,
-    /// See [`Stats::broken_pipes`].
+    /// Of those, the `EPIPE` ones: the writes that raise `SIGPIPE` unless they pass
+    /// `MSG_NOSIGNAL`.
     pub broken_pipes: u64,
-    /// See [`Stats::connection_dispatches`].
+    /// Times a connection's callback ran.
     pub connection_dispatches: u64,
-    /// See [`Stats::listener_dispatches`].
+    /// Times the listener's callback ran.
     pub listener_dispatches: u64,
-    /// See [`Stats::accept_pauses`].
+    /// Times the listener was paused for want of descriptors.
     pub accept_pauses: u64,
 }
+
+/// Counters the server keeps as it runs, shared with whoever called [`serve`].
+#[derive(Debug, Default)]
+pub struct Stats(RefCell<Totals>);
 
 impl Stats {
     /// The counters as they stand.
     pub fn totals(&self) -> Totals {
-        Totals {
-            accepted: self.accepted.get(),
-            closed: self.closed.get(),
-            bytes_received: self.bytes_received.get(),
-            bytes_echoed: self.bytes_echoed.get(),
-            peak_pending: self.peak_pending.get(),
-            pending_now: self.pending_now.get(),
-            read_pauses: self.read_pauses.get(),
-            short_writes: self.short_writes.get(),
-            connection_errors: self.connection_errors.get(),
-            write_errors: self.write_errors.get(),
-            broken_pipes: self.broken_pipes.get(),
-            connection_dispatches: self.connection_dispatches.get(),
-            listener_dispatches: self.listener_dispatches.get(),
-            accept_pauses: self.accept_pauses.get(),
-        }
+        *self.0.borrow()
     }
-}
 
-fn bump(counter: &Cell<u64>, by: u64) {
-    counter.set(counter.get() + by);
+    fn update(&self, change: impl FnOnce(&mut Totals)) {
+        change(&mut self.0.borrow_mut());
+    }
 }
 
 /// Binds a listener the way a server should: `SO_REUSEADDR` (a restart does not wait out
@@ -238,16 +194,16 @@ impl Server {
         listener: &TcpListener,
         key: Key<TcpListener>,
     ) -> io::Result<()> {
-        bump(&self.stats.listener_dispatches, 1);
+        self.stats.update(|t| t.listener_dispatches += 1);
         for _ in 0..self.config.accept_batch {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     if self.out_of_descriptors.replace(false) {
                         eprintln!("echo: descriptors available again, accepting");
                     }
-                    bump(&self.stats.accepted, 1);
+                    self.stats.update(|t| t.accepted += 1);
                     if let Err(e) = self.start_connection(reg, stream, peer) {
-                        bump(&self.stats.closed, 1);
+                        self.stats.update(|t| t.closed += 1);
                         eprintln!("echo: dropping connection from {peer}: {e}");
                     }
                 }
@@ -266,7 +222,7 @@ impl Server {
     }
 
     fn pause_accepting(&self, reg: &mut Registry, key: Key<TcpListener>, error: &io::Error) {
-        bump(&self.stats.accept_pauses, 1);
+        self.stats.update(|t| t.accept_pauses += 1);
         if !self.out_of_descriptors.replace(true) {
             eprintln!(
                 "echo: accept: {error}; pausing the listener, retrying every {:?}",
@@ -299,12 +255,12 @@ impl Server {
         };
         let server = Rc::clone(self);
         reg.register(stream, Interest::READ, move |reg, stream, event| {
-            bump(&server.stats.connection_dispatches, 1);
+            server.stats.update(|t| t.connection_dispatches += 1);
             match conn.serve(&server, stream, event.is_readable(), event.is_writable()) {
                 Ok(Some(interest)) => return reg.modify(event.key(), interest),
                 Ok(None) => {}
                 Err(e) => {
-                    bump(&server.stats.connection_errors, 1);
+                    server.stats.update(|t| t.connection_errors += 1);
                     if !server.config.quiet {
                         eprintln!("echo: {}: {e}", conn.peer);
                     }
@@ -322,10 +278,10 @@ impl Server {
     /// Books a connection's end; the caller closes it.
     fn finish(&self, conn: &Connection) {
         let stats = &self.stats;
-        bump(&stats.closed, 1);
-        stats
-            .pending_now
-            .set(stats.pending_now.get() - conn.unsent());
+        stats.update(|t| {
+            t.closed += 1;
+            t.pending_now -= conn.unsent();
+        });
         if !self.config.quiet {
             println!("echo: {} closed after {} bytes", conn.peer, conn.echoed);
         }
@@ -391,7 +347,7 @@ impl Connection {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
-                bump(&stats.bytes_received, n as u64);
+                stats.update(|t| t.bytes_received += n as u64);
                 let data = &scratch[..n];
                 // Nothing queued: write straight from the read buffer, and copy only the rest.
                 let written = if self.unsent() == 0 {
@@ -402,11 +358,11 @@ impl Connection {
                 self.echoed += written as u64;
                 if written < n {
                     self.pending.extend_from_slice(&data[written..]);
-                    stats
-                        .pending_now
-                        .set(stats.pending_now.get() + (n - written));
-                    let peak = stats.peak_pending.get().max(self.unsent());
-                    stats.peak_pending.set(peak);
+                    let unsent = self.unsent();
+                    stats.update(|t| {
+                        t.pending_now += n - written;
+                        t.peak_pending = t.peak_pending.max(unsent);
+                    });
                 }
                 // A short read drained the socket: another read would only find `WouldBlock`,
                 // a wasted syscall per round trip. If more arrives, the loop reports it again.
@@ -426,7 +382,7 @@ impl Connection {
             self.reading = false;
         } else if self.reading && self.unsent() >= config.high_water {
             self.reading = false;
-            bump(&stats.read_pauses, 1);
+            stats.update(|t| t.read_pauses += 1);
         } else if !self.reading && self.unsent() < config.low_water {
             self.reading = true;
         }
@@ -445,8 +401,7 @@ impl Connection {
         let written = write_some(&server.stats, stream, &self.pending[self.sent..])?;
         self.echoed += written as u64;
         self.sent += written;
-        let stats = &server.stats;
-        stats.pending_now.set(stats.pending_now.get() - written);
+        server.stats.update(|t| t.pending_now -= written);
         if self.sent == self.pending.len() {
             self.pending.clear();
             self.sent = 0;
@@ -471,20 +426,20 @@ fn write_some(stats: &Stats, mut stream: &TcpStream, data: &[u8]) -> io::Result<
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                bump(&stats.short_writes, 1);
+                stats.update(|t| t.short_writes += 1);
                 break;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                bump(&stats.write_errors, 1);
+                stats.update(|t| t.write_errors += 1);
                 if e.kind() == io::ErrorKind::BrokenPipe {
-                    bump(&stats.broken_pipes, 1);
+                    stats.update(|t| t.broken_pipes += 1);
                 }
                 return Err(e);
             }
         }
     }
-    bump(&stats.bytes_echoed, written as u64);
+    stats.update(|t| t.bytes_echoed += written as u64);
     Ok(written)
 }
 
