@@ -473,6 +473,7 @@ impl Registry {
     }
 }
 
+#[inline]
 fn find_mut(
     entries: &mut Slab<Entry>,
     ours: Owner,
