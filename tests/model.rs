@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
 use selreactor::{Interest, Key, Readiness, Registry, Selector};
 use util::*;
 
@@ -458,19 +458,8 @@ fn run_case(ops: &[Op]) -> io::Result<()> {
 #[test]
 fn the_registry_matches_a_simple_model_under_random_operations() {
     let _serial = serial();
-    let default_cases = if under_valgrind() { 16 } else { 256 };
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
     let baseline = fd_count().expect("fd count");
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let (mut runner, cases) = model_runner(256, 16);
     let outcome = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
         run_case(&ops).map_err(|e| TestCaseError::fail(e.to_string()))
     });

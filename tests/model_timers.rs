@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
 use selreactor::{Registry, Selector, TimerKey};
 use util::*;
 
@@ -520,19 +520,8 @@ fn run_case(ops: &[Op], coverage: &RefCell<Coverage>) -> io::Result<()> {
 
 #[test]
 fn timers_and_deferred_calls_match_a_simple_model_under_random_operations() {
-    let default_cases = if under_valgrind() { 32 } else { 512 };
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
     let coverage = RefCell::new(Coverage::default());
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let (mut runner, cases) = model_runner(512, 32);
     let outcome = runner.run(&proptest::collection::vec(op(), 1..80), |ops| {
         run_case(&ops, &coverage).map_err(|e| TestCaseError::fail(e.to_string()))
     });

@@ -282,3 +282,20 @@ pub fn peer_closed(stream: &mut UnixStream) -> io::Result<bool> {
         }
     }
 }
+
+/// A deterministic proptest runner for the model tests: `normal` cases (`reduced` under
+/// valgrind), or `PROPTEST_CASES` when set. Returns the runner and its case count.
+pub fn model_runner(normal: u32, reduced: u32) -> (proptest::test_runner::TestRunner, u32) {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if under_valgrind() { reduced } else { normal });
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    (TestRunner::new_with_rng(config, rng), cases)
+}
