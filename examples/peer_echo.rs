@@ -199,11 +199,13 @@ mod selreactor_step {
             let buf = Rc::clone(&buf);
             let mut pending = Vec::new();
             reg.register(stream, Interest::READ, move |reg, stream, event| {
-                let next = echo_step(stream, &mut pending, &mut buf.borrow_mut());
-                match next {
+                // Like the floor: touch the registration only when what it waits for changes.
+                let was_writing = !pending.is_empty();
+                match echo_step(stream, &mut pending, &mut buf.borrow_mut()) {
                     Next::Close => reg.remove(event.key()),
-                    Next::Read => reg.modify(event.key(), Interest::READ),
-                    Next::Write => reg.modify(event.key(), Interest::WRITE),
+                    Next::Write if !was_writing => reg.modify(event.key(), Interest::WRITE),
+                    Next::Read if was_writing => reg.modify(event.key(), Interest::READ),
+                    _ => Ok(()),
                 }
             })?;
             Ok(())

@@ -373,7 +373,7 @@ impl Registry {
 
     /// Runs the callback an event is for, if its registration still lives and still wants it.
     /// Returns whether a callback ran.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn dispatch(&mut self, poller_key: usize, readiness: Readiness) -> bool {
         let token = Token::from_poller_key(poller_key);
         let Some(entry) = self.entries.get_mut(token.index()) else {
@@ -409,7 +409,7 @@ impl Registry {
 
     /// Returns a registration to its slot after its callback: the common case, kept small
     /// enough to inline into `dispatch`.
-    #[inline]
+    #[inline(always)]
     fn put_back(&mut self, token: Token, armed: Interest, registration: Box<dyn Registration>) {
         if let Some(entry) = self.entries.get_mut(token.index()) {
             if entry.generation == token.generation && entry.interest == armed {

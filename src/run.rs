@@ -25,7 +25,7 @@ impl Selector {
             if self.is_idle() {
                 return Ok(());
             }
-            self.run_once(None)?;
+            self.turn(None)?;
             if std::mem::take(&mut self.stop_requested) {
                 return Ok(());
             }
@@ -51,6 +51,13 @@ impl Selector {
     ///
     /// As for [`run`](Selector::run).
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        self.turn(timeout)
+    }
+
+    /// The body of [`run_once`](Selector::run_once), inlined into `run`'s loop so that a
+    /// turn costs no call of its own.
+    #[inline(always)]
+    fn turn(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         let (registry, events) = self.parts();
         let wait = wait_timeout(registry, timeout);
         registry.shared.poller.wait(events, wait)?;
