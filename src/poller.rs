@@ -127,17 +127,23 @@ impl Poller {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[inline(always)]
     fn wait_once(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        use rustix::buffer::spare_capacity;
         use rustix::event::{epoll, Timespec};
-        let timeout = match timeout {
-            None => None,
-            Some(t) if t.is_zero() => Some(Timespec::default()),
-            Some(t) => Some(Timespec::try_from(t.min(MAX_WAIT)).unwrap_or_default()),
+        let epoll = self.poller.as_fd();
+        let list = &mut events.list;
+        // Three calls rather than one with a computed timeout: in the first two the timeout is a
+        // constant, so rustix's conversion to milliseconds folds away (polling with a zero
+        // timeout would otherwise pay for it on every call).
+        match timeout {
+            None => epoll::wait(epoll, spare_capacity(list), None)?,
+            Some(t) if t.is_zero() => {
+                epoll::wait(epoll, spare_capacity(list), Some(&Timespec::default()))?
+            }
+            Some(t) => {
+                let timeout = Timespec::try_from(t.min(MAX_WAIT)).unwrap_or_default();
+                epoll::wait(epoll, spare_capacity(list), Some(&timeout))?
+            }
         };
-        epoll::wait(
-            self.poller.as_fd(),
-            rustix::buffer::spare_capacity(&mut events.list),
-            timeout.as_ref(),
-        )?;
         Ok(())
     }
 
