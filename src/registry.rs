@@ -187,12 +187,8 @@ impl Registry {
             return Err(RegisterError::new(source, error));
         }
         self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
-        slot.insert(Entry {
-            generation: token.generation,
-            interest,
-            armed: interest,
-            registration: Some(Box::new(Callback { source, callback })),
-        });
+        let registration = Box::new(Callback { source, callback });
+        slot.insert(Entry::new(token.generation, interest, registration));
         Ok(Key::new(token, self.owner))
     }
 
@@ -214,7 +210,7 @@ impl Registry {
         if entry.interest == interest {
             return Ok(());
         }
-        if let Some(registration) = &entry.registration {
+        if let Some(registration) = entry.registration() {
             let poller = &self.shared.poller;
             rearm(poller, registration.fd(), key.token, entry.armed, interest)?;
             entry.armed = interest;
@@ -234,15 +230,16 @@ impl Registry {
     ///   callback, which still borrows the source: use [`remove`](Registry::remove) there.
     pub fn unregister<T: 'static>(&mut self, key: Key<T>) -> io::Result<T> {
         let entry = self.entry_mut(key.owner, key.token)?;
-        if entry.registration.is_none() {
+        if entry.registration().is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
                 "a callback cannot take back its own source while it runs; use `remove`",
             ));
         }
         let entry = self.entries.remove(key.token.index());
-        let registration = entry.registration.expect("checked above");
-        delete(&self.shared.poller, entry.armed, registration.as_ref());
+        let armed = entry.armed;
+        let registration = entry.into_registration().expect("checked above");
+        delete(&self.shared.poller, armed, registration.as_ref());
         let mut source: Option<T> = None;
         registration.take_source(&mut source);
         Ok(source.expect("a typed key always names a source of its type"))
@@ -260,8 +257,9 @@ impl Registry {
     pub fn remove<T>(&mut self, key: Key<T>) -> io::Result<()> {
         self.entry_mut(key.owner, key.token)?;
         let entry = self.entries.remove(key.token.index());
-        if let Some(registration) = entry.registration {
-            release(&self.shared.poller, entry.armed, registration);
+        let armed = entry.armed;
+        if let Some(registration) = entry.into_registration() {
+            release(&self.shared.poller, armed, registration);
         }
         Ok(())
     }
@@ -279,7 +277,7 @@ impl Registry {
     /// The registered source, or `None` for a stale or foreign key, and while the source's own
     /// callback runs (it has the source already).
     pub fn get<T: 'static>(&self, key: Key<T>) -> Option<&T> {
-        let registration = self.entry(key.owner, key.token)?.registration.as_ref()?;
+        let registration = self.entry(key.owner, key.token)?.registration()?;
         registration.source().downcast_ref()
     }
 
@@ -385,7 +383,7 @@ impl Registry {
         let Some(readiness) = readiness.filter(entry.interest) else {
             return false;
         };
-        let Some(mut registration) = entry.registration.take() else {
+        let Some(mut registration) = entry.take() else {
             return false;
         };
         let armed = entry.armed;
@@ -413,7 +411,7 @@ impl Registry {
     fn put_back(&mut self, token: Token, armed: Interest, registration: Box<dyn Registration>) {
         if let Some(entry) = self.entries.get_mut(token.index()) {
             if entry.generation == token.generation && entry.interest == armed {
-                entry.registration = Some(registration);
+                entry.put_back(registration);
                 return;
             }
         }
@@ -443,7 +441,7 @@ impl Registry {
             return self.report(token, error);
         }
         entry.armed = entry.interest;
-        entry.registration = Some(registration);
+        entry.put_back(registration);
     }
 
     /// Removes a registration whose callback failed, if the callback has not already done so.
@@ -525,8 +523,9 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.shared.close();
         for entry in self.entries.drain() {
-            if let Some(registration) = entry.registration {
-                release(&self.shared.poller, entry.armed, registration);
+            let armed = entry.armed;
+            if let Some(registration) = entry.into_registration() {
+                release(&self.shared.poller, armed, registration);
             }
         }
     }
