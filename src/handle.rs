@@ -238,7 +238,7 @@ impl fmt::Debug for Handle {
     }
 }
 
-#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+#[cfg(all(test, direct_epoll))]
 mod tests {
     use super::*;
     use std::collections::VecDeque;

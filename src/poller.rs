@@ -16,7 +16,8 @@
 //! The cross-thread [`Handle`](crate::Handle) uses `Poller::notify`; the loop calls
 //! [`Poller::clear_notification`] only when a handle has flagged work or a wait reported a
 //! notification, so the five-syscall path runs once per wake-up instead of once per wait.
-//! Elsewhere the portable `Poller::wait` is used.
+//! Elsewhere the portable `Poller::wait` is used; `--cfg selreactor_portable_wait` selects it
+//! on Linux too, so that it is compiled and tested here (see `build.rs`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -124,7 +125,7 @@ impl Poller {
         }
     }
 
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(direct_epoll)]
     #[inline(always)]
     fn wait_once(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         use rustix::buffer::spare_capacity;
@@ -147,7 +148,7 @@ impl Poller {
         Ok(())
     }
 
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(direct_epoll))]
     fn wait_once(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         self.poller
             .wait(&mut events.list, timeout.map(|t| t.min(MAX_WAIT)))
@@ -155,7 +156,7 @@ impl Poller {
     }
 
     /// Resets the notification after a [`notify`](Poller::notify), so the next wait blocks again.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(direct_epoll)]
     pub(crate) fn clear_notification(&self, events: &mut Events) -> io::Result<()> {
         events.scratch.clear();
         self.poller
@@ -164,7 +165,7 @@ impl Poller {
     }
 
     /// `Poller::wait` already cleared it.
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(direct_epoll))]
     pub(crate) fn clear_notification(&self, _events: &mut Events) -> io::Result<()> {
         Ok(())
     }
@@ -182,13 +183,13 @@ fn event(key: usize, interest: Interest) -> polling::Event {
 
 /// The buffer one wait fills.
 pub(crate) struct Events {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(direct_epoll)]
     list: Vec<rustix::event::epoll::Event>,
     /// Only for [`Poller::clear_notification`], whose events are ignored: level-triggered
     /// sources report them again on the next wait.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(direct_epoll)]
     scratch: polling::Events,
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(direct_epoll))]
     list: polling::Events,
 }
 
@@ -196,11 +197,11 @@ impl Events {
     pub(crate) fn with_capacity(capacity: usize) -> Events {
         let capacity = capacity.max(1);
         Events {
-            #[cfg(any(target_os = "linux", target_os = "android"))]
+            #[cfg(direct_epoll)]
             list: Vec::with_capacity(capacity),
-            #[cfg(any(target_os = "linux", target_os = "android"))]
+            #[cfg(direct_epoll)]
             scratch: polling::Events::with_capacity(std::num::NonZeroUsize::MIN),
-            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            #[cfg(not(direct_epoll))]
             list: polling::Events::with_capacity(
                 std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN),
             ),
@@ -212,13 +213,13 @@ impl Events {
     }
 
     /// The events as (poller key, readiness before interest filtering).
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(direct_epoll)]
     #[inline]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, Readiness)> + '_ {
         self.list.iter().map(|&event| translate(event))
     }
 
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(direct_epoll))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, Readiness)> + '_ {
         self.list.iter().map(|event| {
             let mut bits = 0;
@@ -242,7 +243,7 @@ impl Events {
 /// An epoll event as (poller key, readiness before interest filtering). A hang-up or error
 /// counts as readable and writable, so whichever the source waits for, its callback learns of
 /// it from its next read or write.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(direct_epoll)]
 #[inline(always)]
 fn translate(event: rustix::event::epoll::Event) -> (usize, Readiness) {
     let flags = { event.flags }.bits();
@@ -254,7 +255,7 @@ fn translate(event: rustix::event::epoll::Event) -> (usize, Readiness) {
 }
 
 /// [`translate`]'s table, indexed by the six epoll flags it packs.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(direct_epoll)]
 static READINESS_OF_EPOLL: [u8; 64] = {
     let mut table = [0; 64];
     let mut index = 0;
@@ -267,7 +268,7 @@ static READINESS_OF_EPOLL: [u8; 64] = {
 };
 
 /// The readiness bits for a set of epoll flags: the definition the table is built from.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(direct_epoll)]
 const fn readiness_bits(flags: u32) -> u8 {
     use rustix::event::epoll::EventFlags as F;
     const READABLE: u32 = F::IN
@@ -294,7 +295,7 @@ const fn readiness_bits(flags: u32) -> u8 {
     bits
 }
 
-#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+#[cfg(all(test, direct_epoll))]
 mod tests {
     //! Guards for what the Linux wait relies on in `polling` (see the module docs).
     use super::*;
