@@ -28,6 +28,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    #[inline]
     pub(crate) fn new(
         generation: u32,
         interest: Interest,
@@ -43,6 +44,7 @@ impl Entry {
     }
 
     /// The registration, unless its callback is running.
+    #[inline]
     pub(crate) fn registration(&self) -> Option<&dyn Registration> {
         (!self.running).then_some(self.registration.as_ref())
     }
@@ -67,6 +69,7 @@ impl Entry {
     }
 
     /// The registration, if it is in the slot (not out with its running callback).
+    #[inline]
     pub(crate) fn into_registration(self) -> Option<Box<dyn Registration>> {
         (!self.running).then_some(self.registration)
     }
