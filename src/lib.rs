@@ -49,7 +49,8 @@
 //!   slot's new occupant. Readiness is filtered by the interest as it stands when the callback
 //!   is about to run.
 //! - **Failures stay local.** A callback's `Err` removes that registration and goes to the
-//!   [error handler](Registry::set_error_handler); the loop goes on. A panic removes it too,
+//!   [error handler](Registry::set_error_handler); the loop goes on. (`WouldBlock` and
+//!   `Interrupted` mean "nothing now", not failure: the registration stays.) A panic removes it too,
 //!   then unwinds out of `run`, leaving the selector usable.
 //! - **One thread.** A [`Selector`] is driven from one thread. A [`Handle`] (`Send + Sync`)
 //!   wakes it, queues closures onto it and stops it from others.
@@ -71,6 +72,7 @@
     unreachable_pub
 )]
 
+mod claims;
 mod entry;
 mod handle;
 mod interest;
