@@ -8,6 +8,7 @@
 #   scripts/stall-test.sh                  # every test binary (unit tests included), once
 #   scripts/stall-test.sh echo timers      # chosen binaries (`lib`: the unit tests)
 #   ROUNDS=3 scripts/stall-test.sh         # repeat the whole set
+#   TEST_ARGS=--test-threads=1 scripts/stall-test.sh   # arguments for every test binary
 #
 # Environment: ROUNDS (1), LIMIT_S per binary and round (300), STOP_MS (35), EVERY_MIN_MS (80),
 # EVERY_MAX_MS (220), RELEASE=1 for a release build. Logs go to target/stall-test/. Exits 1 if
@@ -45,9 +46,13 @@ millis() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
 # Stops and continues process group $1 until it is gone, counting the stops into file $2.
 stall() {
     local group=$1 count=0
+    # The first stop comes early (5 ms to the shortest interval), so that binaries that finish
+    # in a fraction of a second are stopped too.
+    local pause=$((5 + RANDOM % every_min))
     # The pid, not the group: the group exists only once setsid has run.
     while kill -0 "$group" 2>/dev/null; do
-        sleep "$(millis $((every_min + RANDOM % (every_max - every_min + 1))))"
+        sleep "$(millis "$pause")"
+        pause=$((every_min + RANDOM % (every_max - every_min + 1)))
         kill -STOP -- "-$group" 2>/dev/null || break
         count=$((count + 1))
         echo "$count" >"$2"
@@ -64,7 +69,8 @@ for round in $(seq 1 "$rounds"); do
         start=$(date +%s.%N)
         # Its own session and process group, so the stops reach its children too and nothing
         # else; the stopper and this script are outside it.
-        setsid "${binaries[$name]}" >"$log" 2>&1 </dev/null &
+        # shellcheck disable=SC2086 # TEST_ARGS is split on purpose
+        setsid "${binaries[$name]}" ${TEST_ARGS:-} >"$log" 2>&1 </dev/null &
         group=$!
         echo 0 >"$log.stops"
         stall "$group" "$log.stops" &
