@@ -381,7 +381,10 @@ pub fn watchdog(limit: Duration) -> Watchdog {
             .wait_timeout_while(done, limit, |done| !*done)
             .unwrap_or_else(PoisonError::into_inner);
         if !*done {
-            eprintln!(
+            // Straight to the descriptor: `eprintln!` output of a test's threads is captured,
+            // and the capture dies with the process.
+            let _ = writeln!(
+                io::stderr(),
                 "{test}: still running after {limit:?}: it hung; the watchdog ends the process"
             );
             std::process::exit(101);
