@@ -63,6 +63,7 @@
 //!   for how and why); other Unix systems go through `polling`'s portable wait, which CI
 //!   builds and tests on Linux (`--cfg selreactor_portable_wait`) but no other OS has run.
 
+#![doc(test(attr(deny(warnings))))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
