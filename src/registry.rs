@@ -115,8 +115,10 @@ impl Registry {
     /// the registry, the source by shared reference (so no callback can close or swap the
     /// descriptor under the poller) and the [`Event`]. Polling is level-triggered: a source stays
     /// ready, and its callback keeps being called, until it is drained to `WouldBlock` or its
-    /// interest changes. Sources should be in non-blocking mode (`set_nonblocking(true)`), or a
-    /// read that finds less than it asked for blocks the whole loop.
+    /// interest changes. Sources should be in non-blocking mode (`set_nonblocking(true)`): on a
+    /// blocking source, a read that finds nothing (another callback drained it first, or the
+    /// callback reads again after draining it) blocks the whole loop. A read that finds less
+    /// than it asked for returns what there is, in either mode.
     ///
     /// A callback that returns `Err` is removed (its source closed) and the error goes to the
     /// [error handler](Registry::set_error_handler). A callback that panics is removed the same
@@ -135,7 +137,7 @@ impl Registry {
     ///
     /// ```
     /// use selreactor::{Interest, Selector};
-    /// use std::io::{Read, Write};
+    /// use std::io::{self, Read, Write};
     /// use std::os::unix::net::UnixStream;
     ///
     /// let mut sel = Selector::new()?;
@@ -143,10 +145,14 @@ impl Registry {
     /// theirs.set_nonblocking(true)?;
     /// sel.register(theirs, Interest::READ, |reg, mut stream, event| {
     ///     let mut buf = [0; 64];
-    ///     let n = stream.read(&mut buf)?;
-    ///     assert_eq!(&buf[..n], b"ping");
-    ///     reg.remove(event.key())?; // done: close it
-    ///     Ok(())
+    ///     match stream.read(&mut buf) {
+    ///         Ok(n) => {
+    ///             assert_eq!(&buf[..n], b"ping");
+    ///             reg.remove(event.key()) // done: close it
+    ///         }
+    ///         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()), // nothing now
+    ///         Err(e) => Err(e),
+    ///     }
     /// })?;
     /// ours.write_all(b"ping")?;
     /// sel.run()?; // returns once nothing is left to wait for
@@ -205,6 +211,42 @@ impl Registry {
     ///
     /// - [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector;
     /// - the OS's error, with the registration left as it was.
+    ///
+    /// # Examples
+    ///
+    /// Waiting for `WRITE` only while there is something to send (a writable socket is
+    /// writable almost always, so keeping `WRITE` on would call the callback without end):
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{self, Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// theirs.set_nonblocking(true)?;
+    /// let mut outbox = b"queued reply".to_vec();
+    /// let key = sel.register(theirs, Interest::READ, move |reg, mut stream, event| {
+    ///     if event.is_writable() {
+    ///         match stream.write(&outbox) {
+    ///             Ok(n) => drop(outbox.drain(..n)),
+    ///             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+    ///             Err(e) => return Err(e),
+    ///         }
+    ///         if outbox.is_empty() {
+    ///             reg.remove(event.key())?; // all sent: close it
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// sel.modify(key, Interest::WRITE)?; // something to send: wait for room
+    /// assert_eq!(sel.interest(key), Some(Interest::WRITE));
+    /// sel.run()?;
+    /// let mut reply = String::new();
+    /// ours.read_to_string(&mut reply)?;
+    /// assert_eq!(reply, "queued reply");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn modify<T>(&mut self, key: Key<T>, interest: Interest) -> io::Result<()> {
         let entry = find_mut(&mut self.entries, self.owner, key.owner, key.token)?;
         if entry.interest == interest {
@@ -228,6 +270,30 @@ impl Registry {
     /// - [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector;
     /// - [`ResourceBusy`](io::ErrorKind::ResourceBusy) when called from the registration's own
     ///   callback, which still borrows the source: use [`remove`](Registry::remove) there.
+    ///
+    /// # Examples
+    ///
+    /// Handing a connection over to blocking code once the loop is done with it:
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// theirs.set_nonblocking(true)?;
+    /// let key = sel.register(theirs, Interest::READ, |_, _, _| Ok(()))?;
+    ///
+    /// let mut stream = sel.unregister(key)?; // the same socket, still open
+    /// assert!(!sel.contains(key));
+    /// stream.set_nonblocking(false)?;
+    /// ours.write_all(b"still here")?;
+    /// let mut buf = [0; 10];
+    /// stream.read_exact(&mut buf)?;
+    /// assert_eq!(&buf, b"still here");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn unregister<T: 'static>(&mut self, key: Key<T>) -> io::Result<T> {
         let entry = self.entry_mut(key.owner, key.token)?;
         if entry.registration().is_none() {
@@ -254,6 +320,22 @@ impl Registry {
     /// # Errors
     ///
     /// [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{self, Read};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// let key = sel.register(theirs, Interest::READ, |_, _, _| Ok(()))?;
+    /// sel.remove(key)?; // closes our end of the pair: the peer sees end of stream
+    /// assert_eq!(ours.read(&mut [0; 8])?, 0);
+    /// assert_eq!(sel.remove(key).unwrap_err().kind(), io::ErrorKind::NotFound); // stale now
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn remove<T>(&mut self, key: Key<T>) -> io::Result<()> {
         self.entry_mut(key.owner, key.token)?;
         let entry = self.entries.remove(key.token.index());
@@ -313,6 +395,27 @@ impl Registry {
     }
 
     /// A handle for other threads: wake the loop, queue work onto it, stop it.
+    ///
+    /// A live handle keeps [`run`](crate::Selector::run) going even with nothing registered,
+    /// since work may still arrive through it; drop every handle (or stop the loop) to let
+    /// `run` return.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use selreactor::Selector;
+    /// use std::thread;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let handle = sel.handle();
+    /// let worker = thread::spawn(move || {
+    ///     // `handle` is dropped when this thread ends, which also lets `run` return.
+    ///     handle.call_soon(|_| println!("queued from another thread"))
+    /// });
+    /// sel.run()?;
+    /// worker.join().unwrap()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn handle(&self) -> Handle {
         Handle::new(Arc::clone(&self.shared))
     }
