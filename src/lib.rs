@@ -228,6 +228,7 @@
     unreachable_pub
 )]
 
+mod claims;
 mod entry;
 mod handle;
 mod interest;

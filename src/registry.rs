@@ -3,12 +3,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use slab::Slab;
 
+use crate::claims::Claims;
 use crate::entry::{Callback, Entry, Registration};
 use crate::handle::{Handle, Shared};
 use crate::interest::{Event, Interest, Readiness};
@@ -27,6 +28,8 @@ pub(crate) type Deferred = Box<dyn FnOnce(&mut Registry)>;
 /// live on `Selector`, which callbacks never see.
 pub struct Registry {
     entries: Slab<Entry>,
+    /// Which registration holds each descriptor number: one number, one registration.
+    claims: Claims,
     /// The generation the next registration gets; see [`Token`].
     next_generation: u32,
     owner: Owner,
@@ -34,7 +37,8 @@ pub struct Registry {
     pub(crate) timers: Timers,
     pub(crate) deferred: VecDeque<Deferred>,
     pub(crate) stop_requested: bool,
-    /// `None` while the handler runs (and before one is set: then errors go to stderr).
+    /// `None` while the handler runs (and before one is set: then errors go to the `log`
+    /// facade).
     error_handler: Option<ErrorHandler>,
 }
 
@@ -98,6 +102,7 @@ impl Registry {
     pub(crate) fn new(poller: Poller) -> Registry {
         Registry {
             entries: Slab::new(),
+            claims: Claims::new(),
             next_generation: 0,
             owner: Owner::next(),
             shared: Arc::new(Shared::new(poller)),
@@ -120,18 +125,39 @@ impl Registry {
     /// callback reads again after draining it) blocks the whole loop. A read that finds less
     /// than it asked for returns what there is, in either mode.
     ///
-    /// A callback that returns `Err` is removed (its source closed) and the error goes to the
-    /// [error handler](Registry::set_error_handler). A callback that panics is removed the same
-    /// way, and the panic unwinds out of `run`/`run_once`, leaving the selector usable.
+    /// What the callback's result means:
+    /// - `Ok(())`: carry on.
+    /// - `Err` of kind [`WouldBlock`](io::ErrorKind::WouldBlock) or
+    ///   [`Interrupted`](io::ErrorKind::Interrupted): "nothing now" (a spurious wake-up, say,
+    ///   when `read(..)?` finds the source drained by another callback). The registration stays
+    ///   and is dispatched again when ready; the error handler does not see it.
+    /// - Any other `Err`: the registration is removed (its source closed) and the error goes to
+    ///   the [error handler](Registry::set_error_handler).
+    ///
+    /// So a callback whose `Err` should not end it must handle that error itself. A listener is
+    /// the usual case: `accept` failing with `ECONNABORTED` (a peer gave up in the backlog)
+    /// concerns one connection, and `EMFILE`/`ENFILE` (out of descriptors) a moment; returned
+    /// with `?`, either would close the listener. Match them in the accept callback instead:
+    /// skip the former; for the latter, pause the listener with
+    /// [`modify`](Registry::modify)`(key, Interest::NONE)` (a level-triggered listener with a
+    /// full backlog would otherwise wake the loop without end) and resume it from a
+    /// [`call_later`](Registry::call_later) timer.
+    ///
+    /// A callback that panics is removed the same way, and the panic unwinds out of
+    /// `run`/`run_once`, leaving the selector usable.
     ///
     /// # Errors
     ///
     /// The source comes back inside the [`RegisterError`], open and unchanged:
     /// - [`InvalidInput`](io::ErrorKind::InvalidInput) for [`Interest::NONE`];
+    /// - [`AlreadyExists`](io::ErrorKind::AlreadyExists) for a descriptor number a live
+    ///   registration of this selector holds, paused ones included: one number names one
+    ///   registration, so that removing or changing one can never act on another's entry in the
+    ///   OS poller. (A number stays held until its registration is removed, even if code that
+    ///   breaks I/O safety closed the descriptor behind the selector's back and the OS reused it:
+    ///   remove the stale registration first.)
     /// - whatever the OS says: `EPERM` for a regular file or a directory (epoll cannot poll
-    ///   them), [`AlreadyExists`](io::ErrorKind::AlreadyExists) for a descriptor this selector
-    ///   already polls, `EINVAL` for the selector's own descriptor, `ENOSPC` past
-    ///   `max_user_watches`.
+    ///   them), `EINVAL` for the selector's own descriptor, `ENOSPC` past `max_user_watches`.
     ///
     /// # Examples
     ///
@@ -181,6 +207,10 @@ impl Registry {
             let error = io::Error::new(io::ErrorKind::OutOfMemory, "too many registrations");
             return Err(RegisterError::new(source, error));
         }
+        let fd = source.as_fd().as_raw_fd();
+        if let Some(holder) = self.claims.holder(fd) {
+            return Err(RegisterError::new(source, already_registered(fd, holder)));
+        }
         let token = Token {
             index: slot.key() as u32,
             generation: self.next_generation,
@@ -192,6 +222,7 @@ impl Registry {
         {
             return Err(RegisterError::new(source, error));
         }
+        self.claims.claim(fd, token);
         self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
         let registration = Box::new(Callback { source, callback });
         slot.insert(Entry::new(token.generation, interest, registration));
@@ -305,7 +336,14 @@ impl Registry {
         let entry = self.entries.remove(key.token.index());
         let armed = entry.armed;
         let registration = entry.into_registration().expect("checked above");
-        delete(&self.shared.poller, armed, registration.as_ref());
+        let claims = &mut self.claims;
+        delete(
+            &self.shared.poller,
+            claims,
+            key.token,
+            armed,
+            registration.as_ref(),
+        );
         let mut source: Option<T> = None;
         registration.take_source(&mut source);
         Ok(source.expect("a typed key always names a source of its type"))
@@ -341,7 +379,13 @@ impl Registry {
         let entry = self.entries.remove(key.token.index());
         let armed = entry.armed;
         if let Some(registration) = entry.into_registration() {
-            release(&self.shared.poller, armed, registration);
+            release(
+                &self.shared.poller,
+                &mut self.claims,
+                key.token,
+                armed,
+                registration,
+            );
         }
         Ok(())
     }
@@ -423,18 +467,30 @@ impl Registry {
     /// Runs `f` on the next loop iteration, after the iteration's I/O callbacks and timers, in
     /// the order queued. A call queued during an iteration waits for the next one, so a call
     /// that queues itself again cannot starve I/O or timers.
+    ///
+    /// These calls and those of [`Handle::call_soon`] share one queue (asyncio's `call_soon`
+    /// and `call_soon_threadsafe`): a call queued through a handle before this one, from any
+    /// thread, runs before it.
     pub fn call_soon<F>(&mut self, f: F)
     where
         F: FnOnce(&mut Registry) + 'static,
     {
+        if self.shared.is_pending() {
+            self.shared.take_queued(&mut self.deferred);
+        }
         self.deferred.push_back(Box::new(f));
     }
 
-    /// Sets what happens to errors returned by callbacks. The failed registration has already
-    /// been removed (its source closed) when the handler runs; the handler gets its token and
-    /// the error, and may do anything a callback may, such as [`stop`](Registry::stop).
+    /// Sets what happens to errors returned by callbacks (other than `WouldBlock` and
+    /// `Interrupted`, which are not failures: see [`register`](Registry::register)). The
+    /// failed registration has already been removed (its source closed) when the handler runs;
+    /// the handler gets its token and the error, and may do anything a callback may, such as
+    /// [`stop`](Registry::stop).
     ///
-    /// Without a handler, errors are written to stderr and the loop goes on.
+    /// Without a handler, each error is reported through the [`log`](https://docs.rs/log)
+    /// facade at level `error` (target `selreactor::registry`), with the registration's token
+    /// and its source's type, and the loop goes on. The library itself never writes to stdout
+    /// or stderr.
     pub fn set_error_handler<F>(&mut self, handler: F)
     where
         F: FnMut(&mut Registry, Token, io::Error) + 'static,
@@ -496,10 +552,7 @@ impl Registry {
         }));
         match outcome {
             Ok(Ok(())) => self.put_back(token, armed, registration),
-            Ok(Err(error)) => {
-                self.discard(token, armed, registration);
-                self.report(token, error);
-            }
+            Ok(Err(error)) => self.fail(token, armed, registration, error),
             Err(panic) => {
                 self.discard(token, armed, registration);
                 panic::resume_unwind(panic);
@@ -521,6 +574,25 @@ impl Registry {
         self.put_back_changed(token, armed, registration);
     }
 
+    /// A callback returned `Err`. "Nothing now" (`WouldBlock`, `Interrupted`) is not a failure:
+    /// the registration stays. Any other error removes it and goes to the error handler.
+    #[cold]
+    #[inline(never)]
+    fn fail(
+        &mut self,
+        token: Token,
+        armed: Interest,
+        registration: Box<dyn Registration>,
+        error: io::Error,
+    ) {
+        if is_transient(&error) {
+            return self.put_back(token, armed, registration);
+        }
+        let source_type = registration.type_name();
+        self.discard(token, armed, registration);
+        self.report(token, source_type, error);
+    }
+
     /// The callback changed its own registration: apply the interest it asked for, or release
     /// it if it removed itself.
     #[cold]
@@ -537,11 +609,12 @@ impl Registry {
             .get_mut(token.index())
             .filter(|e| e.generation == token.generation)
         else {
-            return release(poller, armed, registration);
+            return release(poller, &mut self.claims, token, armed, registration);
         };
         if let Err(error) = rearm(poller, registration.fd(), token, armed, entry.interest) {
+            let source_type = registration.type_name();
             self.discard(token, armed, registration);
-            return self.report(token, error);
+            return self.report(token, source_type, error);
         }
         entry.armed = entry.interest;
         entry.put_back(registration);
@@ -556,10 +629,16 @@ impl Registry {
         {
             self.entries.remove(token.index());
         }
-        release(&self.shared.poller, armed, registration);
+        release(
+            &self.shared.poller,
+            &mut self.claims,
+            token,
+            armed,
+            registration,
+        );
     }
 
-    fn report(&mut self, token: Token, error: io::Error) {
+    fn report(&mut self, token: Token, source_type: &str, error: io::Error) {
         match self.error_handler.take() {
             Some(mut handler) => {
                 let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler(self, token, error)));
@@ -569,9 +648,20 @@ impl Registry {
                     panic::resume_unwind(panic);
                 }
             }
-            None => eprintln!("selreactor: callback for {token} failed and was removed: {error}"),
+            None => log::error!(
+                "the callback of {token} ({source_type}) failed and was removed: {error}"
+            ),
         }
     }
+}
+
+/// Whether a callback's error only means "nothing now": a spurious wake-up (`WouldBlock`, say
+/// from `read(..)?` on a source another callback drained) or a signal (`Interrupted`).
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 #[inline]
@@ -607,28 +697,64 @@ fn rearm(
     }
 }
 
-/// Deletes a source from the poller, before anything can close it.
-fn delete(poller: &Poller, armed: Interest, registration: &dyn Registration) {
+/// Deletes a source from the poller and frees its descriptor number, before anything can
+/// close it.
+fn delete(
+    poller: &Poller,
+    claims: &mut Claims,
+    token: Token,
+    armed: Interest,
+    registration: &dyn Registration,
+) {
+    let fd = registration.fd();
+    claims.release(fd.as_raw_fd(), token);
     if !armed.is_none() {
-        // It can only fail if the source broke the `AsFd` contract (closed or swapped its
-        // descriptor): the registration is gone either way, and nothing is left to undo.
-        let _ = poller.delete(registration.fd());
+        // It can only fail if the source's descriptor was closed behind the selector's back
+        // (or its `AsFd` swapped it): the registration is gone either way, and since its number
+        // stayed claimed, no other registration's entry can have been touched.
+        let _ = poller.delete(fd);
     }
 }
 
 /// Deletes a source from the poller, then drops it and its callback.
-fn release(poller: &Poller, armed: Interest, registration: Box<dyn Registration>) {
-    delete(poller, armed, registration.as_ref());
+fn release(
+    poller: &Poller,
+    claims: &mut Claims,
+    token: Token,
+    armed: Interest,
+    registration: Box<dyn Registration>,
+) {
+    delete(poller, claims, token, armed, registration.as_ref());
     drop(registration);
+}
+
+fn already_registered(fd: std::os::fd::RawFd, holder: Token) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "descriptor {fd} is already registered with this selector, as {holder} (if that \
+             registration's descriptor was closed behind the selector's back, remove it first)"
+        ),
+    )
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
         self.shared.close();
-        for entry in self.entries.drain() {
+        for (index, entry) in std::mem::take(&mut self.entries) {
+            let token = Token {
+                index: index as u32,
+                generation: entry.generation,
+            };
             let armed = entry.armed;
             if let Some(registration) = entry.into_registration() {
-                release(&self.shared.poller, armed, registration);
+                release(
+                    &self.shared.poller,
+                    &mut self.claims,
+                    token,
+                    armed,
+                    registration,
+                );
             }
         }
     }
