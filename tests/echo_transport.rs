@@ -1,33 +1,29 @@
-//! The echo example (`examples/echo.rs`) under load and abuse: many clients, slow and absent
-//! readers, half-close, resets, SIGPIPE, descriptor exhaustion, and big transfers both ways.
+//! An echo server on the transport layer (`tests/util/echo_server.rs`) under load and abuse:
+//! many clients, slow and absent readers, half-close, resets, SIGPIPE, and big transfers both
+//! ways. (Running out of descriptors is in `tests/server.rs`.)
 //!
 //! Each test runs the server on its own selector in its own thread, on `127.0.0.1:0`, and talks
 //! to it from client threads with I/O timeouts; the server's counters are read on its own
 //! thread through the `Handle`. Every byte echoed is checked against the byte sent. The
-//! SIGPIPE and EMFILE cases change process-wide state (a signal disposition, the descriptor
-//! limit), so they re-run this binary as a child process for one test.
+//! SIGPIPE case changes process-wide state (a signal disposition), so it re-runs this binary
+//! as a child process.
 
 mod util;
 
 #[allow(dead_code)]
-#[path = "../examples/echo.rs"]
-mod echo;
-#[allow(dead_code)]
 #[path = "util/echo_server.rs"]
 mod echo_server;
 
-use std::collections::BTreeSet;
 use std::env;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use echo::Config;
-use echo_server::{EchoServer, SETTLE};
+use echo_server::{Config, EchoServer, SETTLE};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// No client call may block longer than this: a broken server fails the test, never hangs it.
@@ -171,11 +167,6 @@ fn join<T>(thread: JoinHandle<io::Result<T>>) -> io::Result<T> {
 
 /// Set in a child process to the test it should run for real.
 const CHILD_VAR: &str = "SELREACTOR_ECHO_CHILD";
-
-/// Whether this process is the child that runs `test` for real.
-fn is_child_for(test: &str) -> bool {
-    env::var(CHILD_VAR).is_ok_and(|t| t == test)
-}
 
 /// Runs one test of this binary in a child process with `CHILD_VAR` set to `mode`; returns its
 /// exit status and its output.
@@ -408,8 +399,7 @@ fn idle_and_reset_connections_cause_no_wakeups() -> io::Result<()> {
     thread::sleep(Duration::from_millis(300));
     let after = server.totals()?;
     assert_eq!(
-        (after.connection_dispatches, after.listener_dispatches),
-        (before.connection_dispatches, before.listener_dispatches),
+        after.callbacks, before.callbacks,
         "callbacks ran while nothing happened"
     );
     drop(busy);
@@ -592,127 +582,6 @@ fn echo_survives_write_after_reset() -> io::Result<()> {
     let totals = server.stop()?;
     // The server did write to the reset peers, got EPIPE each time, and lived.
     assert_eq!(totals.broken_pipes, 3, "{totals:?}");
-    Ok(())
-}
-
-/// The open descriptors of this process.
-fn open_fds() -> io::Result<BTreeSet<RawFd>> {
-    let listed: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    // The directory's own descriptor is listed too; it is closed by now.
-    Ok(listed.into_iter().filter(|&fd| util::is_open(fd)).collect())
-}
-
-/// Lowers the soft descriptor limit so that exactly `spare` more descriptors can be opened.
-fn leave_only(spare: usize) -> io::Result<libc::rlimit> {
-    let open = open_fds()?;
-    let mut free = 0;
-    let mut limit = 0;
-    while free < spare {
-        if !open.contains(&(limit as RawFd)) {
-            free += 1;
-        }
-        limit += 1;
-    }
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the live local it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let lowered = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: setrlimit reads one rlimit from the live local it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(old)
-}
-
-#[test]
-fn out_of_descriptors_pauses_accepting_without_spinning() -> io::Result<()> {
-    const TEST: &str = "out_of_descriptors_pauses_accepting_without_spinning";
-    if !is_child_for(TEST) {
-        let (status, output) = run_child(TEST, TEST)?;
-        assert!(
-            status.success(),
-            "the EMFILE child failed ({status}):\n{output}"
-        );
-        // Logged once per streak of failures, however many retries it took.
-        assert_eq!(
-            output.matches("pausing the listener").count(),
-            1,
-            "pause logging:\n{output}"
-        );
-        assert!(
-            output.contains("descriptors available again"),
-            "no recovery logged:\n{output}"
-        );
-        return Ok(());
-    }
-
-    const QUEUED: usize = 20;
-    const SPARE: usize = 2;
-    let server = EchoServer::start(Config::default(), None)?;
-    let mut steady = connect(server.addr, None)?;
-    round_trip(&mut steady, b"before")?;
-    // Client sockets are opened before the limit drops; connecting needs no new descriptor.
-    let clients = (0..QUEUED)
-        .map(|_| Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)))
-        .collect::<io::Result<Vec<_>>>()?;
-
-    let old_limit = leave_only(SPARE)?;
-    for client in &clients {
-        client.connect(&server.addr.into())?; // completes in the backlog
-    }
-    let start = server.wait_for("the listener to pause", |t| t.accept_pauses > 0)?;
-    let window = Instant::now();
-    let mut rounds = 0;
-    while window.elapsed() < Duration::from_secs(1) {
-        round_trip(&mut steady, expected(rounds * 64, 64))?;
-        rounds += 1;
-        thread::sleep(Duration::from_millis(20));
-    }
-    let end = server.totals()?;
-    let seconds = window.elapsed().as_secs_f64();
-    let dispatch_rate = (end.listener_dispatches - start.listener_dispatches) as f64 / seconds;
-    assert!(
-        dispatch_rate < 50.0,
-        "the listener ran {dispatch_rate:.0} times a second while out of descriptors"
-    );
-    assert!(
-        end.accept_pauses > start.accept_pauses,
-        "no retry in a second"
-    );
-    assert!(
-        end.accepted <= 1 + SPARE as u64,
-        "accepted {} with {SPARE} spare descriptors",
-        end.accepted
-    );
-    assert!(
-        rounds >= 10,
-        "the steady connection was starved: {rounds} round trips"
-    );
-
-    // Freeing descriptors lets the server drain its backlog and serve new clients.
-    drop(clients);
-    server.wait_for("the backlog accepted", |t| {
-        t.accepted == 1 + QUEUED as u64 && t.closed == QUEUED as u64
-    })?;
-    let mut late = connect(server.addr, None)?;
-    round_trip(&mut late, b"after")?;
-    round_trip(&mut steady, b"after")?;
-    // SAFETY: setrlimit reads one rlimit from the live local it is given.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old_limit) };
-    drop((late, steady));
-    let totals = server.wait_for("all closed", |t| t.closed == QUEUED as u64 + 2)?;
-    assert_eq!(totals.connection_errors, 0);
-    server.stop()?;
     Ok(())
 }
 
