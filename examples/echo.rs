@@ -1,4 +1,4 @@
-//! An echo server on the transport layer: every byte a client sends comes back.
+//! An echo server: the `selectors` example from the Python notes, on the transport layer.
 //!
 //! ```text
 //! cargo run --release --example echo                     # listens on 127.0.0.1:8008
