@@ -75,6 +75,7 @@ mod entry;
 mod handle;
 mod interest;
 mod key;
+pub mod net;
 mod poller;
 mod registry;
 mod run;
