@@ -81,6 +81,7 @@ mod registry;
 mod run;
 mod selector;
 mod signal;
+mod state;
 mod timer;
 
 pub use handle::Handle;

@@ -14,6 +14,7 @@ use crate::handle::{Handle, Shared};
 use crate::interest::{Event, Interest, Readiness};
 use crate::key::{short_type_name, Key, Owner, Token, GENERATION_MASK, MAX_INDEX};
 use crate::poller::Poller;
+use crate::state::States;
 use crate::timer::Timers;
 
 type ErrorHandler = Box<dyn FnMut(&mut Registry, Token, io::Error)>;
@@ -36,6 +37,8 @@ pub struct Registry {
     pub(crate) stop_requested: bool,
     /// `None` while the handler runs (and before one is set: then errors go to stderr).
     error_handler: Option<ErrorHandler>,
+    /// Loop-wide user state, by type (see `state.rs`).
+    pub(crate) states: States,
 }
 
 /// A source that could not be registered, handed back with the reason.
@@ -105,6 +108,7 @@ impl Registry {
             deferred: VecDeque::new(),
             stop_requested: false,
             error_handler: None,
+            states: States::default(),
         }
     }
 
@@ -521,6 +525,7 @@ fn release(poller: &Poller, armed: Interest, registration: Box<dyn Registration>
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        States::run_drop_hooks(self);
         self.shared.close();
         for entry in self.entries.drain() {
             let armed = entry.armed;
