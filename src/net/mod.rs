@@ -52,6 +52,7 @@
 mod connect;
 mod datagram;
 mod lines;
+mod pipe;
 mod server;
 mod socket;
 mod stream;
@@ -63,6 +64,7 @@ pub use datagram::{
     Sent, DATAGRAM_OVERHEAD,
 };
 pub use lines::{LineTooLong, Lines};
+pub use pipe::{pipe, PipeReader, PipeWriter};
 pub use server::{serve, Listener, Server, ServerOptions, ServerStats};
 pub use socket::{
     finish_connect, start_connect, start_connect_unix, tcp_listener, unix_listener, ListenOptions,
