@@ -77,6 +77,7 @@ mod interest;
 mod key;
 pub mod net;
 mod poller;
+pub mod process;
 mod registry;
 mod run;
 mod selector;
