@@ -5,9 +5,9 @@ Same program: one DefaultSelector, an `accept` callback for the listener and a `
 per connection, dispatched from `key.data`. Changed only so it can be measured like the other
 servers: the address comes from argv, nothing is printed per message, TCP_NODELAY is set, and
 a short write keeps the rest and waits for EVENT_WRITE (the seed's bare `send` would drop it),
-exactly the level-triggered step of examples/peer_echo.rs.
+exactly the level-triggered step of lab/src/bin/peer_echo.rs.
 
-usage: scripts/selectors_echo.py HOST:PORT
+usage: lab/scripts/selectors_echo.py HOST:PORT
 """
 import selectors
 import socket
