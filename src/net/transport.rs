@@ -380,6 +380,20 @@ impl<T: ByteStream> Transport<'_, T> {
         (state.high, state.low)
     }
 
+    /// Whether the protocol should hold off writing: the buffer has passed the high-water mark
+    /// and not yet drained to the low one. It turns true as a `write` passes the mark, before
+    /// [`pause_writing`](Protocol::pause_writing) is delivered (after the current callback),
+    /// so a producer writing in a loop can stop right there.
+    pub fn is_writing_paused(&self) -> bool {
+        let state = self.conn.state.borrow();
+        let pending = state.pending();
+        if state.writing_paused {
+            pending > state.low
+        } else {
+            pending > state.high
+        }
+    }
+
     /// Bytes buffered, not yet taken by the stream.
     pub fn write_buffer_size(&self) -> usize {
         self.conn.state.borrow().pending()
@@ -787,6 +801,11 @@ impl<T: ByteStream> Conn<T> {
                 Ok(n) => {
                     self.state.borrow_mut().active = true;
                     self.call(reg, |p, tx| p.data(tx, &buffer[..n]));
+                    // A pause owed goes out before the next read, so a protocol that stops
+                    // reading when told to pause writing stops now.
+                    if self.needs_settling() {
+                        self.settle(reg);
+                    }
                     // A short read drained the stream: another would only say WouldBlock.
                     if n < buffer.len() {
                         break;
