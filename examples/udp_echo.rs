@@ -14,12 +14,12 @@
 //! ```
 //!
 //! Ctrl-C stops it and prints what it echoed. What the datagram layer does for it:
-//! - **No framing, no connections.** Each `datagram_received` is one whole datagram (an empty
+//! - **No framing, no connections.** Each `datagram` call gets one whole datagram (an empty
 //!   one included) with its sender's address; there is no end of stream to watch for.
 //! - **Sending never blocks.** When the socket is full, a reply is queued (up to a bound) or
 //!   dropped, and [`Sent`] says which: a loaded echo server sheds load instead of stalling.
 //! - **Errors stay per datagram.** An ICMP error about one client (its port closed) arrives at
-//!   `error_received` and the server goes on.
+//!   the protocol's `error` and the server goes on.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -38,31 +38,35 @@ pub struct Echo {
 impl DatagramProtocol for Echo {
     type Socket = UdpSocket;
 
-    fn connection_made(&mut self, endpoint: &mut DatagramContext<'_, Self>) {
-        if let Ok(addr) = endpoint.socket().local_addr() {
-            println!("echoing datagrams on {addr}");
-        }
+    fn made(&mut self, endpoint: &mut DatagramContext<'_, Self>) -> io::Result<()> {
+        println!("echoing datagrams on {}", endpoint.socket().local_addr()?);
+        Ok(())
     }
 
-    fn datagram_received(
+    fn datagram(
         &mut self,
         endpoint: &mut DatagramContext<'_, Self>,
         data: &[u8],
         from: SocketAddr,
-    ) {
+    ) -> io::Result<()> {
         match endpoint.send_to(data, &from) {
             Ok(Sent::Sent | Sent::Queued) => self.echoed += 1,
             Ok(Sent::Dropped) => self.dropped += 1,
+            // One client's trouble (EMSGSIZE, an unreachable host) is not the server's.
             Err(e) => eprintln!("cannot echo to {from}: {e}"),
         }
+        Ok(())
     }
 
-    fn error_received(&mut self, _: &mut DatagramContext<'_, Self>, error: io::Error) {
+    fn error(&mut self, _: &mut DatagramContext<'_, Self>, error: io::Error) {
         eprintln!("error (the server goes on): {error}");
     }
 
-    fn connection_lost(&mut self, _: Option<&mut Registry>) {
+    fn lost(&mut self, _: &mut DatagramContext<'_, Self>, reason: Option<io::Error>) {
         println!("echoed {} datagrams, dropped {}", self.echoed, self.dropped);
+        if let Some(reason) = reason {
+            eprintln!("ended by: {reason}");
+        }
     }
 }
 

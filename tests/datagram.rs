@@ -1,5 +1,5 @@
 //! Datagram endpoints over real loopback UDP and Unix datagram sockets: delivery, truncation,
-//! ICMP errors, the send queue's policy, and `connection_lost` exactly once.
+//! ICMP errors, the send queue's policy, and `lost` exactly once.
 
 use std::cell::RefCell;
 use std::io;
@@ -12,7 +12,7 @@ use selreactor::net::{
     DatagramContext, DatagramEndpoint, DatagramOptions, DatagramProtocol, DatagramSocket, Sent,
     DATAGRAM_OVERHEAD,
 };
-use selreactor::{Registry, Selector};
+use selreactor::Selector;
 
 #[allow(dead_code)]
 #[path = "../examples/udp_echo.rs"]
@@ -25,7 +25,7 @@ enum Ev {
     Data(Vec<u8>),
     Error(io::ErrorKind),
     Resume,
-    Lost { registry: bool },
+    Lost(Option<io::ErrorKind>),
 }
 
 type Log = Rc<RefCell<Vec<Ev>>>;
@@ -50,23 +50,28 @@ fn rec<S>(echo: bool) -> (Rec<S>, Log) {
 impl<S: DatagramSocket> DatagramProtocol for Rec<S> {
     type Socket = S;
 
-    fn connection_made(&mut self, _: &mut DatagramContext<'_, Self>) {
+    fn made(&mut self, _: &mut DatagramContext<'_, Self>) -> io::Result<()> {
         self.log.borrow_mut().push(Ev::Made);
+        Ok(())
     }
 
-    fn datagram_received(
+    fn datagram(
         &mut self,
         ep: &mut DatagramContext<'_, Self>,
         data: &[u8],
         from: S::Addr,
-    ) {
+    ) -> io::Result<()> {
         self.log.borrow_mut().push(Ev::Data(data.to_vec()));
-        if self.echo {
-            assert_eq!(ep.send_to(data, &from).unwrap(), Sent::Sent);
+        if data == b"fail" {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "asked to fail"));
         }
+        if self.echo {
+            assert_eq!(ep.send_to(data, &from)?, Sent::Sent);
+        }
+        Ok(())
     }
 
-    fn error_received(&mut self, _: &mut DatagramContext<'_, Self>, error: io::Error) {
+    fn error(&mut self, _: &mut DatagramContext<'_, Self>, error: io::Error) {
         self.log.borrow_mut().push(Ev::Error(error.kind()));
     }
 
@@ -74,9 +79,14 @@ impl<S: DatagramSocket> DatagramProtocol for Rec<S> {
         self.log.borrow_mut().push(Ev::Resume);
     }
 
-    fn connection_lost(&mut self, registry: Option<&mut Registry>) {
-        let registry = registry.is_some();
-        self.log.borrow_mut().push(Ev::Lost { registry });
+    fn lost(&mut self, ep: &mut DatagramContext<'_, Self>, reason: Option<io::Error>) {
+        // The registry is there for every ending, the selector's drop included.
+        ep.registry().call_soon(|_| {});
+        let error = ep.send(b"late").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotConnected);
+        self.log
+            .borrow_mut()
+            .push(Ev::Lost(reason.map(|e| e.kind())));
     }
 }
 
@@ -135,7 +145,7 @@ fn echo_round_trip(bind: &str) -> io::Result<()> {
             Ev::Data(b"one".to_vec()),
             Ev::Data(b"two".to_vec()),
             Ev::Data(Vec::new()), // an empty datagram is a datagram, not an end of stream
-            Ev::Lost { registry: true },
+            Ev::Lost(None),
         ]
     );
     assert_eq!(
@@ -216,7 +226,7 @@ fn icmp_port_unreachable_is_an_error_received_not_an_ending() -> io::Result<()> 
     run_until(&mut sel, |_| log.borrow().len() >= 3)?;
     assert_eq!(log.borrow()[2], Ev::Error(io::ErrorKind::ConnectionRefused));
     ep.close(&mut sel)?;
-    assert_eq!(count(&log, |e| matches!(e, Ev::Lost { .. })), 1);
+    assert_eq!(count(&log, |e| matches!(e, Ev::Lost(_))), 1);
     Ok(())
 }
 
@@ -316,6 +326,7 @@ fn close_flushes_the_queue_first_and_abort_discards_it() -> io::Result<()> {
         let (ours, theirs) = full_pair()?;
         let (proto, log) = rec::<UnixDatagram>(false);
         let ep = DatagramEndpoint::new(&mut sel, ours, proto)?;
+        run_until(&mut sel, |_| !log.borrow().is_empty())?; // made
         let mut sent = 0;
         while ep.send(&mut sel, b"payload")? == Sent::Sent {
             sent += 1;
@@ -330,7 +341,7 @@ fn close_flushes_the_queue_first_and_abort_discards_it() -> io::Result<()> {
             let error = ep.send(&mut sel, b"late").unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::NotConnected);
             sel.run_once(Some(Duration::from_millis(100)))?;
-            assert_eq!(count(&log, |e| matches!(e, Ev::Lost { .. })), 0);
+            assert_eq!(count(&log, |e| matches!(e, Ev::Lost(_))), 0);
         }
         let mut got = 0;
         run_until(&mut sel, |sel| {
@@ -340,11 +351,7 @@ fn close_flushes_the_queue_first_and_abort_discards_it() -> io::Result<()> {
         got += drain(&theirs)?.len();
         let expected = if abort { sent } else { sent + 2 };
         assert_eq!(got, expected, "abort: {abort}");
-        assert_eq!(
-            *log.borrow(),
-            [Ev::Made, Ev::Lost { registry: true }],
-            "abort: {abort}"
-        );
+        assert_eq!(*log.borrow(), [Ev::Made, Ev::Lost(None)], "abort: {abort}");
     }
     Ok(())
 }
@@ -379,18 +386,43 @@ fn dropping_the_selector_ends_the_endpoint_once() -> io::Result<()> {
     DatagramEndpoint::bind_udp(&mut sel, "127.0.0.1:0".parse().unwrap(), proto)?;
     run_until(&mut sel, |_| !log.borrow().is_empty())?;
     drop(sel);
-    assert_eq!(*log.borrow(), [Ev::Made, Ev::Lost { registry: false }]);
+    assert_eq!(
+        *log.borrow(),
+        [Ev::Made, Ev::Lost(Some(io::ErrorKind::ConnectionAborted))]
+    );
     Ok(())
 }
 
 #[test]
-fn closing_before_the_first_iteration_still_makes_then_loses() -> io::Result<()> {
+fn an_endpoint_closed_before_its_first_iteration_hears_neither_made_nor_lost() -> io::Result<()> {
     let mut sel = Selector::new()?;
     let (proto, log) = rec::<UdpSocket>(false);
     let ep = DatagramEndpoint::bind_udp(&mut sel, "127.0.0.1:0".parse().unwrap(), proto)?;
     ep.close(&mut sel)?;
-    assert_eq!(*log.borrow(), [Ev::Made, Ev::Lost { registry: true }]);
+    sel.run_once(Some(Duration::ZERO))?;
+    assert_eq!(*log.borrow(), []);
     assert!(sel.is_empty());
+    Ok(())
+}
+
+#[test]
+fn an_err_from_the_protocol_ends_the_endpoint_with_that_error() -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    let (proto, log) = rec::<UdpSocket>(false);
+    let ep = DatagramEndpoint::bind_udp(&mut sel, "127.0.0.1:0".parse().unwrap(), proto)?;
+    let addr = ep.local_addr(&sel)?;
+    let peer = client(addr)?;
+    peer.send_to(b"fail", addr)?;
+    peer.send_to(b"never read", addr)?;
+    run_until(&mut sel, |sel| sel.is_empty())?;
+    assert_eq!(
+        *log.borrow(),
+        [
+            Ev::Made,
+            Ev::Data(b"fail".to_vec()),
+            Ev::Lost(Some(io::ErrorKind::InvalidData)),
+        ]
+    );
     Ok(())
 }
 
@@ -402,16 +434,17 @@ struct SelfHandle {
 impl DatagramProtocol for SelfHandle {
     type Socket = UdpSocket;
 
-    fn datagram_received(
+    fn datagram(
         &mut self,
         ep: &mut DatagramContext<'_, Self>,
         data: &[u8],
         from: SocketAddr,
-    ) {
+    ) -> io::Result<()> {
         let handle = ep.endpoint();
         let error = handle.send_to(ep.registry(), data, &from).unwrap_err();
         *self.outcome.borrow_mut() = Some(error.kind());
         ep.close();
+        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{self as unix, UnixDatagram};
 use std::path::Path;
 
+use slab::Slab;
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::{Event, Interest, Key, Registry};
@@ -81,38 +82,56 @@ impl DatagramSocket for UnixDatagram {
 /// The peer-address type of protocol `P`'s socket.
 pub type AddrOf<P> = <<P as DatagramProtocol>::Socket as DatagramSocket>::Addr;
 
-/// What a datagram endpoint's owner implements: the callbacks, asyncio's `DatagramProtocol`.
+/// What a datagram endpoint's owner implements: the callbacks, asyncio's `DatagramProtocol`
+/// (`connection_made`, `datagram_received`, `error_received`, `connection_lost`) named as
+/// the stream [`Protocol`](super::Protocol) names them.
 ///
-/// Every callback but `connection_lost` gets the [`DatagramContext`], through which it sends,
-/// closes, and reaches the registry. Callbacks never nest: a send from inside a callback
-/// never calls back into the protocol.
+/// The order is fixed: [`made`](DatagramProtocol::made) once, first; then any number of
+/// [`datagram`](DatagramProtocol::datagram), [`error`](DatagramProtocol::error) and
+/// [`resume_writing`](DatagramProtocol::resume_writing); and [`lost`](DatagramProtocol::lost)
+/// exactly once, last, for every way the endpoint ends. No method runs inside another (a send
+/// from inside a callback never calls back into the protocol). Every method gets the
+/// [`DatagramContext`], through which it sends, closes, and reaches the registry and its
+/// loop-wide [state](Registry::state). The protocol is dropped right after `lost`.
 pub trait DatagramProtocol: 'static {
     /// The socket kind: [`UdpSocket`] or [`UnixDatagram`].
     type Socket: DatagramSocket;
 
-    /// The endpoint is ready: runs once, first, on the loop iteration after it was made.
-    fn connection_made(&mut self, endpoint: &mut DatagramContext<'_, Self>)
+    /// The endpoint is on the loop: runs on the loop iteration after it was made. An `Err`
+    /// ends it: [`lost`](DatagramProtocol::lost) follows with the error.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the protocol decides; it ends the endpoint.
+    fn made(&mut self, endpoint: &mut DatagramContext<'_, Self>) -> io::Result<()>
     where
         Self: Sized,
     {
         let _ = endpoint;
+        Ok(())
     }
 
     /// A datagram arrived from `addr` (for a connected socket, always its peer). `data` is
-    /// the whole datagram, possibly empty; it borrows the endpoint's receive buffer.
-    fn datagram_received(
+    /// the whole datagram, possibly empty; it is lent from the endpoint's receive buffer.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the protocol decides: an `Err` ends the endpoint at once (as
+    /// [`abort`](DatagramContext::abort)), and [`lost`](DatagramProtocol::lost) gets it.
+    fn datagram(
         &mut self,
         endpoint: &mut DatagramContext<'_, Self>,
         data: &[u8],
         addr: AddrOf<Self>,
-    ) where
+    ) -> io::Result<()>
+    where
         Self: Sized;
 
-    /// A receive, or a flush of a queued datagram, failed: `ConnectionRefused` after an ICMP
+    /// A receive, or the flush of a queued datagram, failed: `ConnectionRefused` after an ICMP
     /// "port unreachable" on a connected UDP socket, `InvalidData` for a datagram larger than
     /// the receive buffer, `EMSGSIZE` for a queued datagram too big to send. The endpoint
     /// stays open. The default ignores it.
-    fn error_received(&mut self, endpoint: &mut DatagramContext<'_, Self>, error: io::Error)
+    fn error(&mut self, endpoint: &mut DatagramContext<'_, Self>, error: io::Error)
     where
         Self: Sized,
     {
@@ -120,7 +139,7 @@ pub trait DatagramProtocol: 'static {
     }
 
     /// The send queue has drained after a send that was [queued](Sent::Queued) or
-    /// [dropped](Sent::Dropped): sending will go straight out again.
+    /// [dropped](Sent::Dropped): sending goes straight out again.
     fn resume_writing(&mut self, endpoint: &mut DatagramContext<'_, Self>)
     where
         Self: Sized,
@@ -128,12 +147,16 @@ pub trait DatagramProtocol: 'static {
         let _ = endpoint;
     }
 
-    /// The endpoint is gone and its socket closed: runs exactly once, last, for every way an
-    /// endpoint ends ([`close`](DatagramEndpoint::close), [`abort`](DatagramEndpoint::abort),
-    /// the selector dropped). `registry` is `None` only in the last case. No error ends a
-    /// datagram endpoint, so, unlike a stream's, this gets none.
-    fn connection_lost(&mut self, registry: Option<&mut Registry>) {
-        let _ = registry;
+    /// The endpoint has ended and its socket is out of the selector (closed right after).
+    /// `reason` is `None` for [`close`](DatagramEndpoint::close) and
+    /// [`abort`](DatagramEndpoint::abort), and the error otherwise: the `Err` a protocol
+    /// method returned, or `ConnectionAborted` when the selector is dropped. The context still
+    /// answers questions; sends fail with `NotConnected`.
+    fn lost(&mut self, endpoint: &mut DatagramContext<'_, Self>, reason: Option<io::Error>)
+    where
+        Self: Sized,
+    {
+        let _ = (endpoint, reason);
     }
 }
 
@@ -259,9 +282,10 @@ struct Source<P: DatagramProtocol> {
     /// Borrowed only by the endpoint's own callback (when the selector cannot hand the source
     /// to anyone else) or once the source is out of the selector, so never twice.
     protocol: RefCell<P>,
-    /// Whether `connection_made` ran, and whether `connection_lost` did.
+    /// Whether `made` ran.
     made: Cell<bool>,
-    lost: Cell<bool>,
+    /// The endpoint's place in the loop's [`LiveEndpoints`].
+    live_index: Cell<usize>,
 }
 
 impl<P: DatagramProtocol> AsFd for Source<P> {
@@ -270,13 +294,35 @@ impl<P: DatagramProtocol> AsFd for Source<P> {
     }
 }
 
-impl<P: DatagramProtocol> Drop for Source<P> {
-    fn drop(&mut self) {
-        // Only the selector being dropped (or a protocol callback's panic, which removes the
-        // registration) gets here with the endpoint still live.
-        if self.made.get() && !self.lost.replace(true) {
-            self.protocol.get_mut().connection_lost(None);
-        }
+/// The loop's live endpoints, as calls that end each one: run when the selector is dropped,
+/// so that every protocol hears `lost` with the registry still there.
+#[derive(Default)]
+struct LiveEndpoints(Slab<Ending>);
+
+type Ending = Box<dyn FnOnce(&mut Registry)>;
+
+/// Adds an endpoint's ending call to the loop's table (made, with its drop hook, on first
+/// use); returns its index.
+fn enlist(registry: &mut Registry, end: Ending) -> usize {
+    if registry.state::<LiveEndpoints>().is_none() {
+        registry.insert_state(LiveEndpoints::default());
+        registry.states.drop_hooks.push(Box::new(|registry| {
+            let Some(live) = registry.take_state::<LiveEndpoints>() else {
+                return;
+            };
+            for (_, end) in live.0 {
+                end(registry);
+            }
+        }));
+    }
+    let live = registry.state::<LiveEndpoints>().expect("inserted above");
+    live.0.insert(end)
+}
+
+/// Takes an endpoint out of the loop's table (a no-op once the table is being emptied).
+fn delist(registry: &mut Registry, index: usize) {
+    if let Some(live) = registry.state::<LiveEndpoints>() {
+        live.0.try_remove(index);
     }
 }
 
@@ -306,7 +352,7 @@ impl<P: DatagramProtocol> Drop for Source<P> {
 /// Each endpoint reads into its own buffer of [`DatagramOptions::recv_buffer_size`] bytes
 /// (64 KiB by default, enough for any UDP datagram over IPv4 or IPv6 without jumbograms). A
 /// datagram larger than the buffer is **not** delivered: the kernel has already cut it, so it
-/// is reported to [`DatagramProtocol::error_received`] as
+/// is reported to [`DatagramProtocol::error`] as
 /// [`InvalidData`](io::ErrorKind::InvalidData) and discarded. An empty datagram is delivered
 /// as an empty slice; it is not an end of stream (datagram sockets have none).
 ///
@@ -316,17 +362,19 @@ impl<P: DatagramProtocol> Drop for Source<P> {
 /// connected UDP socket learns of (`ECONNREFUSED`), a datagram too big to send (`EMSGSIZE`),
 /// an unreachable host. A send that fails at once returns its error to the caller; an error
 /// found while receiving, or while flushing the queue (that datagram is then dropped), goes to
-/// [`error_received`](DatagramProtocol::error_received). The endpoint ends only through
+/// [`error`](DatagramProtocol::error). The endpoint ends only through
 /// [`close`](DatagramEndpoint::close) (after the queue is flushed),
-/// [`abort`](DatagramEndpoint::abort) (at once) or dropping the selector, and
-/// [`connection_lost`](DatagramProtocol::connection_lost) runs exactly once, after
-/// [`connection_made`](DatagramProtocol::connection_made).
+/// [`abort`](DatagramEndpoint::abort) (at once), an `Err` from the protocol, or dropping the
+/// selector; [`lost`](DatagramProtocol::lost) then runs exactly once, after
+/// [`made`](DatagramProtocol::made) (an endpoint that ends before its first loop iteration
+/// hears neither).
 ///
 /// # Examples
 ///
 /// ```
 /// use selreactor::net::{DatagramContext, DatagramEndpoint, DatagramProtocol};
 /// use selreactor::Selector;
+/// use std::io;
 /// use std::net::{SocketAddr, UdpSocket};
 ///
 /// /// Prints what arrives, then stops the loop.
@@ -334,10 +382,11 @@ impl<P: DatagramProtocol> Drop for Source<P> {
 ///
 /// impl DatagramProtocol for Print {
 ///     type Socket = UdpSocket;
-///     fn datagram_received(&mut self, ep: &mut DatagramContext<'_, Self>, data: &[u8], from: SocketAddr) {
+///     fn datagram(&mut self, ep: &mut DatagramContext<'_, Self>, data: &[u8], from: SocketAddr) -> io::Result<()> {
 ///         println!("{from}: {}", String::from_utf8_lossy(data));
 ///         ep.close();
 ///         ep.registry().stop();
+///         Ok(())
 ///     }
 /// }
 ///
@@ -378,7 +427,7 @@ impl<P: DatagramProtocol> fmt::Debug for DatagramEndpoint<P> {
 impl<P: DatagramProtocol> DatagramEndpoint<P> {
     /// Puts `socket` on the loop, driven by `protocol`, with the default [`DatagramOptions`].
     /// The socket may be bound, connected, both or neither; it is made non-blocking.
-    /// [`connection_made`](DatagramProtocol::connection_made) runs on the next iteration.
+    /// [`made`](DatagramProtocol::made) runs on the next iteration.
     ///
     /// # Errors
     ///
@@ -412,18 +461,30 @@ impl<P: DatagramProtocol> DatagramEndpoint<P> {
             outbox: RefCell::new(Outbox::new(options.send_queue_limit)),
             protocol: RefCell::new(protocol),
             made: Cell::new(false),
-            lost: Cell::new(false),
+            live_index: Cell::new(usize::MAX),
         };
         // One byte more than the limit: a read that fills it found a datagram over the limit
         // (the kernel cuts a datagram to the buffer it is read into, and says so only through
         // a flag that not every platform reports).
         let mut buffer = vec![0u8; options.recv_buffer_size + 1].into_boxed_slice();
-        // Writable at once in practice: the first callback delivers `connection_made`.
+        // Writable at once in practice: the first callback delivers `made`.
         let key = registry.register(source, Interest::BOTH, move |reg, source, event| {
             on_ready(reg, source, event, &mut buffer);
             Ok(())
         })?;
-        Ok(DatagramEndpoint { key })
+        let endpoint = DatagramEndpoint { key };
+        let index = enlist(
+            registry,
+            Box::new(move |registry| {
+                let dropped =
+                    io::Error::new(io::ErrorKind::ConnectionAborted, "the selector was dropped");
+                let _ = endpoint.end(registry, Some(dropped));
+            }),
+        );
+        if let Some(source) = registry.get(key) {
+            source.live_index.set(index);
+        }
+        Ok(endpoint)
     }
 
     /// Sends `data` to `addr` (see the [endpoint's docs](DatagramEndpoint) for what happens when the socket
@@ -474,8 +535,8 @@ impl<P: DatagramProtocol> DatagramEndpoint<P> {
     }
 
     /// Closes the endpoint once its queue is flushed: no more datagrams are received, sends
-    /// fail with `NotConnected`, and [`connection_lost`](DatagramProtocol::connection_lost)
-    /// runs when the last queued datagram is out (at once, here, if none is queued). Closing
+    /// fail with `NotConnected`, and [`lost`](DatagramProtocol::lost) runs when the last
+    /// queued datagram is out (at once, here, if none is queued). Closing
     /// twice is harmless.
     ///
     /// # Errors
@@ -495,18 +556,32 @@ impl<P: DatagramProtocol> DatagramEndpoint<P> {
     }
 
     /// Closes the endpoint at once, discarding its queue;
-    /// [`connection_lost`](DatagramProtocol::connection_lost) runs before this returns.
+    /// [`lost`](DatagramProtocol::lost) runs before this returns.
     ///
     /// # Errors
     ///
     /// As for [`close`](DatagramEndpoint::close).
     pub fn abort(&self, registry: &mut Registry) -> io::Result<()> {
+        self.end(registry, None)
+    }
+
+    /// Takes the endpoint out of the selector and delivers `lost`.
+    fn end(&self, registry: &mut Registry, reason: Option<io::Error>) -> io::Result<()> {
         self.source(registry)?;
         let mut source = registry.unregister(self.key)?;
         let outbox = source.outbox.get_mut();
         outbox.clear();
         outbox.closing = true;
-        finish(registry, &mut source, *self);
+        delist(registry, source.live_index.get());
+        if source.made.get() {
+            let mut ctx = DatagramContext {
+                registry,
+                socket: &source.socket,
+                outbox: &source.outbox,
+                endpoint: *self,
+            };
+            source.protocol.borrow_mut().lost(&mut ctx, reason);
+        }
         Ok(())
     }
 
@@ -562,7 +637,7 @@ impl<P: DatagramProtocol<Socket = UdpSocket>> DatagramEndpoint<P> {
 
     /// A UDP endpoint connected to `remote`, bound to the wildcard address of its family:
     /// it receives only from `remote`, and learns of ICMP errors from it through
-    /// [`error_received`](DatagramProtocol::error_received). Connecting sends nothing.
+    /// [`error`](DatagramProtocol::error). Connecting sends nothing.
     ///
     /// # Errors
     ///
@@ -696,23 +771,55 @@ impl<P: DatagramProtocol> DatagramContext<'_, P> {
     }
 }
 
-/// The endpoint's one callback: deliver `connection_made`, read, flush, resume, close.
+/// The endpoint's one callback: deliver `made`, read, flush, resume, close.
 fn on_ready<P: DatagramProtocol>(
     registry: &mut Registry,
     source: &Source<P>,
     event: Event<Source<P>>,
     buffer: &mut [u8],
 ) {
-    let key = event.key();
     let mut protocol = source.protocol.borrow_mut();
     let mut ctx = DatagramContext {
         registry,
         socket: &source.socket,
         outbox: &source.outbox,
-        endpoint: DatagramEndpoint { key },
+        endpoint: DatagramEndpoint { key: event.key() },
     };
+    let ended = serve(&mut *protocol, &mut ctx, source, event, buffer);
+    let (closing, drained) = {
+        let outbox = ctx.outbox.borrow();
+        (outbox.closing, outbox.queue.is_empty())
+    };
+    if ended.is_err() || (closing && drained) {
+        let mut outbox = ctx.outbox.borrow_mut();
+        outbox.clear();
+        outbox.closing = true;
+        drop(outbox);
+        delist(ctx.registry, source.live_index.get());
+        // Cannot fail: the key names the registration whose callback this is. The socket is
+        // out of the selector, and closed, as soon as this callback returns.
+        let _ = ctx.registry.remove(event.key());
+        return protocol.lost(&mut ctx, ended.err());
+    }
+    let interest = match (closing, drained) {
+        (true, _) => Interest::WRITE,
+        (false, true) => Interest::READ,
+        (false, false) => Interest::BOTH,
+    };
+    // Cannot fail either; the OS's view changes when this callback returns.
+    let _ = ctx.registry.modify(event.key(), interest);
+}
+
+/// The protocol's share of one wake-up; an `Err` from it ends the endpoint.
+fn serve<P: DatagramProtocol>(
+    protocol: &mut P,
+    ctx: &mut DatagramContext<'_, P>,
+    source: &Source<P>,
+    event: Event<Source<P>>,
+    buffer: &mut [u8],
+) -> io::Result<()> {
     if !source.made.replace(true) {
-        protocol.connection_made(&mut ctx);
+        protocol.made(ctx)?;
     }
     if event.is_readable() {
         for _ in 0..READ_BATCH {
@@ -720,10 +827,10 @@ fn on_ready<P: DatagramProtocol>(
                 break;
             }
             match receive(&source.socket, buffer) {
-                Ok(Some((len, from))) => protocol.datagram_received(&mut ctx, &buffer[..len], from),
+                Ok(Some((len, from))) => protocol.datagram(ctx, &buffer[..len], from)?,
                 Ok(None) => break,
                 Err(error) => {
-                    protocol.error_received(&mut ctx, error);
+                    protocol.error(ctx, error);
                     break; // a next error, if any, waits for the next wake-up
                 }
             }
@@ -733,7 +840,7 @@ fn on_ready<P: DatagramProtocol>(
         let flushed = ctx.outbox.borrow_mut().flush(&source.socket);
         match flushed {
             Ok(()) => break,
-            Err(error) => protocol.error_received(&mut ctx, error),
+            Err(error) => protocol.error(ctx, error),
         }
     }
     let owes_resume = {
@@ -743,27 +850,9 @@ fn on_ready<P: DatagramProtocol>(
         owed
     };
     if owes_resume {
-        protocol.resume_writing(&mut ctx);
+        protocol.resume_writing(ctx);
     }
-    let (closing, drained) = {
-        let outbox = ctx.outbox.borrow();
-        (outbox.closing, outbox.queue.is_empty())
-    };
-    if closing && drained {
-        source.lost.set(true);
-        protocol.connection_lost(Some(ctx.registry));
-        // Cannot fail: the key names the registration whose callback this is. The source is
-        // closed as soon as this callback returns.
-        let _ = ctx.registry.remove(key);
-        return;
-    }
-    let interest = match (closing, drained) {
-        (true, _) => Interest::WRITE,
-        (false, true) => Interest::READ,
-        (false, false) => Interest::BOTH,
-    };
-    // Cannot fail either; the OS's view changes when this callback returns.
-    let _ = ctx.registry.modify(key, interest);
+    Ok(())
 }
 
 /// Reads one datagram into `buffer` (one byte longer than the endpoint's limit). `Ok(None)`:
@@ -784,26 +873,4 @@ fn receive<S: DatagramSocket>(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// Ends an endpoint taken out of the selector: `connection_made` if it never ran (so that
-/// `connection_lost` always follows it), then `connection_lost`; the socket closes when
-/// `source` is dropped.
-fn finish<P: DatagramProtocol>(
-    registry: &mut Registry,
-    source: &mut Source<P>,
-    endpoint: DatagramEndpoint<P>,
-) {
-    let protocol = source.protocol.get_mut();
-    if !source.made.replace(true) {
-        let mut ctx = DatagramContext {
-            registry: &mut *registry,
-            socket: &source.socket,
-            outbox: &source.outbox,
-            endpoint,
-        };
-        protocol.connection_made(&mut ctx);
-    }
-    source.lost.set(true);
-    protocol.connection_lost(Some(registry));
 }
