@@ -396,3 +396,89 @@ fn subprocess_example_labels_lines_and_ends_with_the_status() -> io::Result<()> 
     assert_eq!(*lines.borrow(), ["killed by signal 9"]);
     Ok(())
 }
+
+#[test]
+fn the_exit_is_reported_while_a_grandchild_still_holds_the_pipe() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let log = Log::default();
+    Subprocess::build()
+        .stdout(rec("out", &log))
+        .on_exit(on_exit(&log))
+        .spawn(&mut sel, &mut sh("sleep 1 & echo started; exit 0"))?;
+    run_to_end(&mut sel, Duration::from_secs(5))?;
+    assert_eq!(
+        *log.borrow(),
+        [
+            Ev::Data("out", b"started\n".to_vec()),
+            Ev::Exit(Some(0), None), // the child is gone...
+            Ev::Lost("out", None),   // ...before its output ends, when the grandchild exits
+        ]
+    );
+    assert_eq!(zombies()?, 0);
+    Ok(())
+}
+
+#[test]
+fn two_children_end_their_output_independently() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let log = Log::default();
+    Subprocess::build()
+        .stdout(rec("slow", &log))
+        .spawn(&mut sel, &mut sh("sleep 0.5"))?;
+    // Had the slow child inherited this one's pipe, this EOF would wait for it.
+    Subprocess::build()
+        .stdout(rec("quick", &log))
+        .spawn(&mut sel, &mut sh("echo quick"))?;
+    run_to_end(&mut sel, Duration::from_secs(5))?;
+    let order: Vec<_> = log
+        .borrow()
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Lost(name, None) => Some(*name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["quick", "slow"]);
+    Ok(())
+}
+
+#[test]
+fn a_child_that_stops_reading_ends_its_stdin_with_broken_pipe() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let log = Log::default();
+    Subprocess::build()
+        .stdin(Feed {
+            data: Rc::new(vec![b'y'; 1 << 20]),
+            log: Rc::clone(&log),
+        })
+        .stdout(rec("out", &log))
+        .on_exit(on_exit(&log))
+        .spawn(&mut sel, Command::new("head").args(["-c", "10"]))?;
+    run_to_end(&mut sel, Duration::from_secs(5))?;
+    assert_eq!(output(&log, "out"), b"yyyyyyyyyy");
+    assert!(log
+        .borrow()
+        .contains(&Ev::Lost("in", Some(io::ErrorKind::BrokenPipe))));
+    assert_eq!(exits(&log), [(Some(0), None)]);
+    assert_eq!(zombies()?, 0);
+    Ok(())
+}
+
+#[test]
+fn fifty_children_at_once_are_each_reported_through_their_pidfds() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let log = Log::default();
+    for _ in 0..50 {
+        Subprocess::build()
+            .on_exit(on_exit(&log))
+            .spawn(&mut sel, &mut Command::new("true"))?;
+    }
+    run_to_end(&mut sel, Duration::from_secs(10))?;
+    assert_eq!(exits(&log), vec![(Some(0), None); 50]);
+    assert_eq!(zombies()?, 0);
+    Ok(())
+}
