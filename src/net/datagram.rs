@@ -92,7 +92,9 @@ pub type AddrOf<P> = <<P as DatagramProtocol>::Socket as DatagramSocket>::Addr;
 /// exactly once, last, for every way the endpoint ends. No method runs inside another (a send
 /// from inside a callback never calls back into the protocol). Every method gets the
 /// [`DatagramContext`], through which it sends, closes, and reaches the registry and its
-/// loop-wide [state](Registry::state). The protocol is dropped right after `lost`.
+/// loop-wide [state](Registry::state). The protocol is dropped right after `lost`. A method
+/// that panics ends the endpoint without `lost` (its protocol just panicked), and the panic
+/// unwinds out of [`run`](crate::Selector::run).
 pub trait DatagramProtocol: 'static {
     /// The socket kind: [`UdpSocket`] or [`UnixDatagram`].
     type Socket: DatagramSocket;
