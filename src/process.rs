@@ -57,7 +57,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 
 use rustix::process::{Pid, Signal};
 
-use crate::net::{start, ConnId, PipeReader, PipeWriter, Protocol};
+use crate::net::{start, ByteStream, ConnId, PipeReader, PipeWriter, Protocol};
 use crate::{Interest, Key, Registry, Signals};
 
 type Starter<T> = Box<dyn FnOnce(&mut Registry, T) -> io::Result<ConnId<T>>>;
@@ -194,9 +194,7 @@ impl SubprocessBuilder {
     /// [`close`](crate::net::Transport::close) to end the child's input).
     #[must_use]
     pub fn stdin<P: Protocol<PipeWriter>>(mut self, protocol: P) -> Self {
-        self.stdin = Some(Box::new(move |reg, pipe| {
-            start(reg, pipe, protocol).map_err(io::Error::from)
-        }));
+        self.stdin = Some(starter(protocol));
         self
     }
 
@@ -304,7 +302,7 @@ impl SubprocessBuilder {
     }
 }
 
-fn starter<P: Protocol<PipeReader>>(protocol: P) -> Starter<PipeReader> {
+fn starter<T: ByteStream, P: Protocol<T>>(protocol: P) -> Starter<T> {
     Box::new(move |reg, pipe| start(reg, pipe, protocol).map_err(io::Error::from))
 }
 
