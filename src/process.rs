@@ -149,13 +149,12 @@ impl Subprocess {
         let signal = Signal::from_named_raw(signal).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("no signal {signal}"))
         })?;
-        let children = registry.state::<Children>();
-        let Some(entry) = children.and_then(|c| c.position(self.id).map(|i| &c.entries[i])) else {
-            return Err(exited());
-        };
-        let watch = entry.pidfd;
+        let watch = registry
+            .state::<Children>()
+            .and_then(|c| c.position(self.id).map(|i| c.entries[i].pidfd))
+            .ok_or_else(exited)?;
         if let Some(pidfd) = watch.and_then(|key| registry.get(key)) {
-            return Ok(rustix::process::pidfd_send_signal(pidfd, signal)?);
+            return signal_pidfd(pidfd, signal);
         }
         // Not reaped yet (it is in the table), so the pid is still the child's.
         let pid = Pid::from_raw(self.pid as i32).ok_or_else(exited)?;
@@ -382,6 +381,16 @@ fn open_pidfd(pid: u32) -> Option<OwnedFd> {
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn open_pidfd(_pid: u32) -> Option<OwnedFd> {
     None
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn signal_pidfd(pidfd: &OwnedFd, signal: Signal) -> io::Result<()> {
+    Ok(rustix::process::pidfd_send_signal(pidfd, signal)?)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn signal_pidfd(_pidfd: &OwnedFd, _signal: Signal) -> io::Result<()> {
+    unreachable!("`open_pidfd` makes none here")
 }
 
 /// Reaps child `id` if it has exited, and reports it.

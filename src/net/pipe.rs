@@ -139,8 +139,33 @@ impl PipeWriter {
 ///
 /// The OS's (`EMFILE`).
 pub fn pipe() -> io::Result<(PipeReader, PipeWriter)> {
-    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (read, write) = close_on_exec_pipe()?;
     Ok((PipeReader::new(read)?, PipeWriter::new(write)?))
+}
+
+#[cfg(not(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "tvos",
+    target_os = "watchos"
+)))]
+fn close_on_exec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Apple systems have no `pipe2`: the flag is set just after, as std does there.
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "tvos",
+    target_os = "watchos"
+))]
+fn close_on_exec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::io::{fcntl_setfd, FdFlags};
+    let (read, write) = rustix::pipe::pipe()?;
+    fcntl_setfd(&read, FdFlags::CLOEXEC)?;
+    fcntl_setfd(&write, FdFlags::CLOEXEC)?;
+    Ok((read, write))
 }
 
 /// Installs the do-nothing `SIGPIPE` handler, once per process.
