@@ -492,3 +492,21 @@ fn udp_echo_example_sends_each_datagram_back_to_its_sender() -> io::Result<()> {
     echo.abort(&mut sel)?;
     Ok(())
 }
+
+#[test]
+fn a_receive_buffer_of_no_bytes_or_too_many_is_refused_and_nothing_registered() -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    for size in [0, selreactor::net::MAX_RECV_BUFFER + 1, usize::MAX] {
+        let (proto, log) = rec::<UdpSocket>(false);
+        let options = DatagramOptions {
+            recv_buffer_size: size,
+            ..DatagramOptions::default()
+        };
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let error = DatagramEndpoint::with_options(&mut sel, socket, proto, options).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{size}");
+        assert!(sel.is_empty());
+        assert!(log.borrow().is_empty());
+    }
+    Ok(())
+}

@@ -25,6 +25,10 @@ use crate::{Event, Interest, Key, Registry};
 /// memory its queue entry takes. It keeps empty datagrams from queueing without bound.
 pub const DATAGRAM_OVERHEAD: usize = 64;
 
+/// The largest [`DatagramOptions::recv_buffer_size`]: 16 MiB, past any datagram a socket
+/// buffer holds.
+pub const MAX_RECV_BUFFER: usize = 16 << 20;
+
 /// How many datagrams one wake-up reads at most before letting other sources run.
 const READ_BATCH: usize = 64;
 
@@ -99,7 +103,8 @@ pub trait DatagramProtocol: 'static {
     /// The socket kind: [`UdpSocket`] or [`UnixDatagram`].
     type Socket: DatagramSocket;
 
-    /// The endpoint is on the loop: runs on the loop iteration after it was made. An `Err`
+    /// The endpoint is on the loop: runs first, on the next loop iteration in which its socket
+    /// is ready (the very next one, unless a Unix datagram socket's peer is full). An `Err`
     /// ends it: [`lost`](DatagramProtocol::lost) follows with the error.
     ///
     /// # Errors
@@ -479,17 +484,21 @@ impl<P: DatagramProtocol> DatagramEndpoint<P> {
     /// # Errors
     ///
     /// As for [`new`](DatagramEndpoint::new), and
-    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for a zero-sized receive buffer.
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for a receive buffer of zero bytes or
+    /// more than [`MAX_RECV_BUFFER`].
     pub fn with_options(
         registry: &mut Registry,
         socket: P::Socket,
         protocol: P,
         options: DatagramOptions,
     ) -> io::Result<Self> {
-        if options.recv_buffer_size == 0 {
+        if !(1..=MAX_RECV_BUFFER).contains(&options.recv_buffer_size) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "a datagram endpoint needs a receive buffer of at least one byte",
+                format!(
+                    "a receive buffer of {} bytes: it must hold 1 to {MAX_RECV_BUFFER}",
+                    options.recv_buffer_size
+                ),
             ));
         }
         SockRef::from(&socket).set_nonblocking(true)?;
@@ -526,8 +535,8 @@ impl<P: DatagramProtocol> DatagramEndpoint<P> {
         Ok(endpoint)
     }
 
-    /// Sends `data` to `addr` (see the [endpoint's docs](DatagramEndpoint) for what happens when the socket
-    /// is full).
+    /// Sends `data` to `addr`; the [endpoint's docs](DatagramEndpoint) say what happens when
+    /// the socket is full.
     ///
     /// # Errors
     ///

@@ -61,7 +61,7 @@ mod transport;
 pub use connect::{connect_tcp, connect_unix, start};
 pub use datagram::{
     AddrOf, DatagramContext, DatagramEndpoint, DatagramOptions, DatagramProtocol, DatagramSocket,
-    Sent, DATAGRAM_OVERHEAD,
+    Sent, DATAGRAM_OVERHEAD, MAX_RECV_BUFFER,
 };
 pub use lines::{LineTooLong, Lines};
 pub use pipe::{pipe, PipeReader, PipeWriter};
