@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example subprocess -- ls -l /
-//! cargo run --example subprocess -- sh -c 'echo out; echo err >&2; sleep 1; printf partial; exit 3'
+//! cargo run --example subprocess -- sh -c 'echo out; echo err >&2; printf partial; exit 3'
 //! cargo run --example subprocess -- sh -c 'echo bye; kill -TERM $$'
 //! ```
 //!

@@ -424,7 +424,12 @@ fn delist(registry: &mut Registry, index: usize) {
 ///
 /// impl DatagramProtocol for Print {
 ///     type Socket = UdpSocket;
-///     fn datagram(&mut self, ep: &mut DatagramContext<'_, Self>, data: &[u8], from: SocketAddr) -> io::Result<()> {
+///     fn datagram(
+///         &mut self,
+///         ep: &mut DatagramContext<'_, Self>,
+///         data: &[u8],
+///         from: SocketAddr,
+///     ) -> io::Result<()> {
 ///         println!("{from}: {}", String::from_utf8_lossy(data));
 ///         ep.close();
 ///         ep.registry().stop();
@@ -584,8 +589,8 @@ impl<P: DatagramProtocol> DatagramEndpoint<P> {
 
     /// Closes the endpoint once its queue is flushed: no more datagrams are received, sends
     /// fail with `NotConnected`, and [`lost`](DatagramProtocol::lost) runs when the last
-    /// queued datagram is out (at once, here, if none is queued). Closing
-    /// twice is harmless.
+    /// queued datagram is out (at once, here, if none is queued). Closing again while the
+    /// queue flushes changes nothing.
     ///
     /// # Errors
     ///
@@ -639,7 +644,8 @@ impl<P: DatagramProtocol> DatagramEndpoint<P> {
         registry.get(self.key).map(|s| &s.socket)
     }
 
-    /// The bytes queued, in the accounting of the [endpoint's docs](DatagramEndpoint); 0 when gone.
+    /// The bytes queued, in the accounting of the [endpoint's docs](DatagramEndpoint); 0 when
+    /// gone.
     pub fn queued_bytes(&self, registry: &Registry) -> usize {
         registry
             .get(self.key)
