@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use selreactor::net::{
     DatagramContext, DatagramEndpoint, DatagramOptions, DatagramProtocol, DatagramSocket, Sent,
@@ -17,6 +17,11 @@ use selreactor::Selector;
 #[allow(dead_code)]
 #[path = "../examples/udp_echo.rs"]
 mod udp_echo_example;
+
+#[path = "util/net.rs"]
+mod net_util;
+
+use net_util::run_until;
 
 /// What a [`Rec`] protocol saw, in order.
 #[derive(Debug, PartialEq)]
@@ -90,21 +95,6 @@ impl<S: DatagramSocket> DatagramProtocol for Rec<S> {
     }
 }
 
-/// Runs the loop until `done` holds; fails after 2 s.
-fn run_until(sel: &mut Selector, mut done: impl FnMut(&mut Selector) -> bool) -> io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !done(sel) {
-        if Instant::now() > deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "run_until: 2 s passed",
-            ));
-        }
-        sel.run_once(Some(Duration::from_millis(50)))?;
-    }
-    Ok(())
-}
-
 fn count(log: &Log, pred: impl Fn(&Ev) -> bool) -> usize {
     log.borrow().iter().filter(|e| pred(e)).count()
 }
@@ -132,7 +122,9 @@ fn echo_round_trip(bind: &str) -> io::Result<()> {
     for message in [&b"one"[..], b"two", b""] {
         peer.send_to(message, addr)?;
         let len_before = log.borrow().len();
-        run_until(&mut sel, |_| log.borrow().len() > len_before)?;
+        run_until(&mut sel, "the datagram", |_| {
+            Ok(log.borrow().len() > len_before)
+        })?;
         let (n, from) = peer.recv_from(&mut buf)?;
         assert_eq!((&buf[..n], from), (message, addr));
     }
@@ -181,7 +173,7 @@ fn a_datagram_larger_than_the_buffer_is_reported_never_delivered_cut() -> io::Re
     peer.send_to(&[8; 2049], addr)?;
     peer.send_to(&[9; 2048], addr)?; // exactly the buffer: whole
     peer.send_to(b"after", addr)?;
-    run_until(&mut sel, |_| log.borrow().len() >= 5)?;
+    run_until(&mut sel, "5 events", |_| Ok(log.borrow().len() >= 5))?;
     assert_eq!(
         *log.borrow(),
         [
@@ -204,7 +196,7 @@ fn the_default_buffer_takes_the_largest_udp_datagram() -> io::Result<()> {
     let peer = client(addr)?;
     let largest: Vec<u8> = (0..65_507u32).map(|i| i as u8).collect();
     peer.send_to(&largest, addr)?;
-    run_until(&mut sel, |_| log.borrow().len() >= 2)?;
+    run_until(&mut sel, "2 events", |_| Ok(log.borrow().len() >= 2))?;
     assert_eq!(log.borrow()[1], Ev::Data(largest));
     Ok(())
 }
@@ -216,14 +208,14 @@ fn icmp_port_unreachable_is_an_error_received_not_an_ending() -> io::Result<()> 
     let mut sel = Selector::new()?;
     let (proto, log) = rec::<UdpSocket>(false);
     let ep = DatagramEndpoint::connect_udp(&mut sel, freed, proto)?;
-    run_until(&mut sel, |_| !log.borrow().is_empty())?;
+    run_until(&mut sel, "made", |_| Ok(!log.borrow().is_empty()))?;
     assert_eq!(ep.send(&mut sel, b"anyone?")?, Sent::Sent);
-    run_until(&mut sel, |_| log.borrow().len() >= 2)?;
+    run_until(&mut sel, "2 events", |_| Ok(log.borrow().len() >= 2))?;
     assert_eq!(log.borrow()[1], Ev::Error(io::ErrorKind::ConnectionRefused));
     // Still open, and still sending: the error was consumed by the receive that reported it.
     assert!(ep.is_open(&sel));
     assert_eq!(ep.send(&mut sel, b"again")?, Sent::Sent);
-    run_until(&mut sel, |_| log.borrow().len() >= 3)?;
+    run_until(&mut sel, "3 events", |_| Ok(log.borrow().len() >= 3))?;
     assert_eq!(log.borrow()[2], Ev::Error(io::ErrorKind::ConnectionRefused));
     ep.close(&mut sel)?;
     assert_eq!(count(&log, |e| matches!(e, Ev::Lost(_))), 1);
@@ -303,9 +295,9 @@ fn a_full_socket_queues_up_to_the_limit_then_drops_and_counts() -> io::Result<()
 
     // The reader drains; the queue flushes in order, then resume_writing runs once.
     let mut got = Vec::new();
-    run_until(&mut sel, |sel| {
-        got.extend(drain(&theirs).unwrap());
-        ep.queued_bytes(sel) == 0 && log.borrow().contains(&Ev::Resume)
+    run_until(&mut sel, "the queue to drain", |sel| {
+        got.extend(drain(&theirs)?);
+        Ok(ep.queued_bytes(sel) == 0 && log.borrow().contains(&Ev::Resume))
     })?;
     got.extend(drain(&theirs)?);
     let numbers: Vec<u32> = got
@@ -326,7 +318,7 @@ fn close_flushes_the_queue_first_and_abort_discards_it() -> io::Result<()> {
         let (ours, theirs) = full_pair()?;
         let (proto, log) = rec::<UnixDatagram>(false);
         let ep = DatagramEndpoint::new(&mut sel, ours, proto)?;
-        run_until(&mut sel, |_| !log.borrow().is_empty())?; // made
+        run_until(&mut sel, "made", |_| Ok(!log.borrow().is_empty()))?; // made
         let mut sent = 0;
         while ep.send(&mut sel, b"payload")? == Sent::Sent {
             sent += 1;
@@ -344,9 +336,9 @@ fn close_flushes_the_queue_first_and_abort_discards_it() -> io::Result<()> {
             assert_eq!(count(&log, |e| matches!(e, Ev::Lost(_))), 0);
         }
         let mut got = 0;
-        run_until(&mut sel, |sel| {
-            got += drain(&theirs).unwrap().len();
-            !ep.is_open(sel)
+        run_until(&mut sel, "the endpoint to end", |sel| {
+            got += drain(&theirs)?.len();
+            Ok(!ep.is_open(sel))
         })?;
         got += drain(&theirs)?.len();
         let expected = if abort { sent } else { sent + 2 };
@@ -370,7 +362,7 @@ fn unix_endpoint_replies_to_a_named_sender() -> io::Result<()> {
     let peer = UnixDatagram::bind(&client_path)?;
     peer.set_read_timeout(Some(Duration::from_secs(2)))?;
     peer.send_to(b"ping", &server_path)?;
-    run_until(&mut sel, |_| log.borrow().len() >= 2)?;
+    run_until(&mut sel, "2 events", |_| Ok(log.borrow().len() >= 2))?;
     let mut buf = [0; 16];
     let n = peer.recv(&mut buf)?;
     assert_eq!(&buf[..n], b"ping");
@@ -384,7 +376,7 @@ fn dropping_the_selector_ends_the_endpoint_once() -> io::Result<()> {
     let mut sel = Selector::new()?;
     let (proto, log) = rec::<UdpSocket>(false);
     DatagramEndpoint::bind_udp(&mut sel, "127.0.0.1:0".parse().unwrap(), proto)?;
-    run_until(&mut sel, |_| !log.borrow().is_empty())?;
+    run_until(&mut sel, "made", |_| Ok(!log.borrow().is_empty()))?;
     drop(sel);
     assert_eq!(
         *log.borrow(),
@@ -414,7 +406,7 @@ fn an_err_from_the_protocol_ends_the_endpoint_with_that_error() -> io::Result<()
     let peer = client(addr)?;
     peer.send_to(b"fail", addr)?;
     peer.send_to(b"never read", addr)?;
-    run_until(&mut sel, |sel| sel.is_empty())?;
+    run_until(&mut sel, "the endpoint to end", |sel| Ok(sel.is_empty()))?;
     assert_eq!(
         *log.borrow(),
         [
@@ -458,7 +450,7 @@ fn the_handle_is_refused_inside_its_own_callback() -> io::Result<()> {
     let ep = DatagramEndpoint::bind_udp(&mut sel, "127.0.0.1:0".parse().unwrap(), proto)?;
     let addr = ep.local_addr(&sel)?;
     client(addr)?.send_to(b"x", addr)?;
-    run_until(&mut sel, |sel| sel.is_empty())?;
+    run_until(&mut sel, "the endpoint to end", |sel| Ok(sel.is_empty()))?;
     assert_eq!(*outcome.borrow(), Some(io::ErrorKind::ResourceBusy));
     Ok(())
 }
@@ -473,14 +465,15 @@ fn udp_echo_example_sends_each_datagram_back_to_its_sender() -> io::Result<()> {
     bob.send_to(b"from bob", addr)?;
     let mut replies = Vec::new();
     let mut buf = [0; 64];
-    run_until(&mut sel, |_| {
+    alice.set_nonblocking(true)?;
+    bob.set_nonblocking(true)?;
+    run_until(&mut sel, "both replies", |_| {
         for peer in [&alice, &bob] {
-            peer.set_nonblocking(true).unwrap();
             if let Ok(n) = peer.recv(&mut buf) {
-                replies.push((peer.local_addr().unwrap(), buf[..n].to_vec()));
+                replies.push((peer.local_addr()?, buf[..n].to_vec()));
             }
         }
-        replies.len() == 2
+        Ok(replies.len() == 2)
     })?;
     replies.sort();
     let mut expected = vec![

@@ -5,10 +5,15 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use selreactor::net::{pipe, start, PipeReader, PipeWriter, Protocol, Transport};
 use selreactor::Selector;
+
+#[path = "util/net.rs"]
+mod net_util;
+
+use net_util::run_until;
 
 #[derive(Debug, PartialEq)]
 enum Ev {
@@ -40,20 +45,6 @@ impl<T: selreactor::net::ByteStream> Protocol<T> for Rec {
     }
 }
 
-fn run_until(sel: &mut Selector, mut done: impl FnMut() -> bool) -> io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !done() {
-        if Instant::now() > deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "run_until: 2 s passed",
-            ));
-        }
-        sel.run_once(Some(Duration::from_millis(50)))?;
-    }
-    Ok(())
-}
-
 #[test]
 fn a_read_end_delivers_data_then_eof_then_lost_once() -> io::Result<()> {
     let mut sel = Selector::new()?;
@@ -61,9 +52,9 @@ fn a_read_end_delivers_data_then_eof_then_lost_once() -> io::Result<()> {
     let log = Log::default();
     start(&mut sel, reader, Rec(Rc::clone(&log)))?;
     (&writer).write_all(b"hello")?;
-    run_until(&mut sel, || log.borrow().len() >= 2)?;
+    run_until(&mut sel, "2 events", |_| Ok(log.borrow().len() >= 2))?;
     drop(writer);
-    run_until(&mut sel, || log.borrow().len() >= 4)?;
+    run_until(&mut sel, "4 events", |_| Ok(log.borrow().len() >= 4))?;
     sel.run_once(Some(Duration::from_millis(20)))?;
     assert_eq!(
         *log.borrow(),
@@ -84,9 +75,9 @@ fn an_idle_write_end_learns_its_reader_left_without_writing() -> io::Result<()> 
     let (reader, writer) = pipe()?;
     let log = Log::default();
     start(&mut sel, writer, Rec(Rc::clone(&log)))?;
-    run_until(&mut sel, || !log.borrow().is_empty())?;
+    run_until(&mut sel, "made", |_| Ok(!log.borrow().is_empty()))?;
     drop(reader);
-    run_until(&mut sel, || log.borrow().len() >= 2)?;
+    run_until(&mut sel, "2 events", |_| Ok(log.borrow().len() >= 2))?;
     assert_eq!(
         *log.borrow(),
         [Ev::Made, Ev::Lost(Some(io::ErrorKind::BrokenPipe))]

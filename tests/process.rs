@@ -7,44 +7,18 @@ mod subprocess_example;
 
 mod util;
 
+use util::{serial, zombies};
+
 use std::cell::RefCell;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus};
 use std::rc::Rc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use selreactor::net::{ByteStream, PipeWriter, Protocol, Transport};
 use selreactor::process::Subprocess;
 use selreactor::{Registry, Selector};
-
-/// Tests count this process's zombie children, so they run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// This process's children in state Z (exited, not reaped), from procfs.
-fn zombies() -> io::Result<usize> {
-    let me = std::process::id().to_string();
-    let mut count = 0;
-    for entry in std::fs::read_dir("/proc")? {
-        let path = entry?.path().join("stat");
-        let Ok(stat) = std::fs::read_to_string(path) else {
-            continue; // gone meanwhile, or not a process
-        };
-        // "pid (comm) state ppid ...": the comm may hold spaces, so split after its ')'.
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        if let (Some("Z"), Some(ppid)) = (fields.next(), fields.next()) {
-            count += usize::from(ppid == me);
-        }
-    }
-    Ok(count)
-}
 
 #[test]
 fn the_zombie_count_sees_an_unreaped_child() -> io::Result<()> {
