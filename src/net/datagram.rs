@@ -742,10 +742,10 @@ impl<P: DatagramProtocol<Socket = UnixDatagram>> DatagramEndpoint<P> {
     }
 }
 
-/// A non-blocking, close-on-exec UDP socket bound to `addr`, made with socket2.
+/// A close-on-exec UDP socket bound to `addr`, made with socket2 (the endpoint makes it
+/// non-blocking).
 fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
