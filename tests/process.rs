@@ -483,3 +483,32 @@ fn fifty_children_at_once_are_each_reported_through_their_pidfds() -> io::Result
     assert_eq!(zombies()?, 0);
     Ok(())
 }
+
+#[test]
+fn a_child_reaped_behind_the_loops_back_is_reported_as_an_error() -> io::Result<()> {
+    const TEST: &str = "a_child_reaped_behind_the_loops_back_is_reported_as_an_error";
+    if std::env::var_os(CHILD_VAR).is_some() {
+        // SAFETY: sets a disposition; no handler code is involved. With SIGCHLD ignored the
+        // kernel reaps children itself, so no waitpid can collect a status.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+        let mut sel = Selector::new()?;
+        let outcome = Rc::new(RefCell::new(None));
+        let seen = Rc::clone(&outcome);
+        Subprocess::build()
+            .on_exit(move |_, status| *seen.borrow_mut() = Some(status.map_err(|e| e.kind())))
+            .spawn(&mut sel, &mut Command::new("true"))?;
+        run_to_end(&mut sel, Duration::from_secs(5))?;
+        println!("outcome: {:?}", outcome.borrow());
+        return Ok(());
+    }
+    let _serial = serial();
+    let child = Command::new(std::env::current_exe()?)
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, "1")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(child.status.success(), "{child:?}");
+    // ECHILD: the status is gone, and the loop says so instead of waiting for ever.
+    assert!(stdout.contains("outcome: Some(Err("), "{stdout}");
+    Ok(())
+}
