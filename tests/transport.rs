@@ -9,8 +9,10 @@
 mod net_util;
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,7 +20,8 @@ use net_util::{
     client, drain, only_id, only_log, pattern, reset, run_for, run_until, server, Heard, Log,
     Recorder,
 };
-use selreactor::net::{ServerOptions, Transport};
+use selreactor::net::{start, ByteStream, Protocol, ServerOptions, Transport};
+use selreactor::Selector;
 
 const MIB: usize = 1 << 20;
 
@@ -738,5 +741,196 @@ fn a_reset_in_the_middle_of_a_big_write_ends_that_connection_only() -> io::Resul
         drain(&steady, &mut got)?;
         Ok(got == b"ping")
     })?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams that go one way only (as pipe ends do), driven through `start`.
+
+/// The read end of a stream, as a child's stdout would be.
+struct ReadOnly(UnixStream);
+/// The write end of a stream, as a child's stdin would be.
+struct WriteOnly(UnixStream);
+
+impl AsFd for ReadOnly {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+impl AsFd for WriteOnly {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl ByteStream for ReadOnly {
+    const CAN_WRITE: bool = false;
+    fn set_nonblocking(&self) -> io::Result<()> {
+        self.0.set_nonblocking(true)
+    }
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(&mut &self.0, buf)
+    }
+}
+
+impl ByteStream for WriteOnly {
+    const CAN_READ: bool = false;
+    fn set_nonblocking(&self) -> io::Result<()> {
+        self.0.set_nonblocking(true)
+    }
+    fn write(&self, data: &[u8]) -> io::Result<usize> {
+        Write::write(&mut &self.0, data)
+    }
+}
+
+/// Records what it hears as text; `on_made` runs in `made`.
+struct Notes<T: ByteStream> {
+    heard: Rc<RefCell<Vec<String>>>,
+    on_made: fn(&mut Transport<'_, T>) -> io::Result<()>,
+}
+
+impl<T: ByteStream> Protocol<T> for Notes<T> {
+    fn made(&mut self, tx: &mut Transport<'_, T>) -> io::Result<()> {
+        self.heard.borrow_mut().push("made".into());
+        (self.on_made)(tx)
+    }
+    fn data(&mut self, _: &mut Transport<'_, T>, data: &[u8]) -> io::Result<()> {
+        let text = String::from_utf8_lossy(data).into_owned();
+        self.heard.borrow_mut().push(text);
+        Ok(())
+    }
+    fn eof(&mut self, _: &mut Transport<'_, T>) -> bool {
+        self.heard.borrow_mut().push("eof".into());
+        false
+    }
+    fn lost(&mut self, _: &mut Transport<'_, T>, reason: Option<io::Error>) {
+        let reason = reason.map(|e| e.kind());
+        self.heard.borrow_mut().push(format!("lost {reason:?}"));
+    }
+}
+
+fn notes<T: ByteStream>(
+    on_made: fn(&mut Transport<'_, T>) -> io::Result<()>,
+) -> (Notes<T>, Rc<RefCell<Vec<String>>>) {
+    let heard = Rc::new(RefCell::new(Vec::new()));
+    (
+        Notes {
+            heard: Rc::clone(&heard),
+            on_made,
+        },
+        heard,
+    )
+}
+
+fn run_until_lost(sel: &mut Selector, heard: &Rc<RefCell<Vec<String>>>) -> io::Result<()> {
+    run_until(sel, "lost", |_| {
+        Ok(heard.borrow().last().is_some_and(|h| h.starts_with("lost")))
+    })
+}
+
+#[test]
+fn a_read_only_stream_reads_to_the_end_and_refuses_writes() -> io::Result<()> {
+    let (ours, mut theirs) = UnixStream::pair()?;
+    let mut sel = Selector::new()?;
+    let (protocol, heard) = notes::<ReadOnly>(|tx| {
+        assert_eq!(
+            tx.write(b"no").unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
+        Ok(())
+    });
+    start(&mut sel, ReadOnly(ours), protocol).map_err(io::Error::from)?;
+    theirs.write_all(b"abc")?;
+    drop(theirs);
+    run_until_lost(&mut sel, &heard)?;
+    assert_eq!(*heard.borrow(), ["made", "abc", "eof", "lost None"]);
+    assert!(sel.is_empty());
+    Ok(())
+}
+
+#[test]
+fn an_idle_write_only_stream_hears_its_reader_leave() -> io::Result<()> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut sel = Selector::new()?;
+    let (protocol, heard) = notes::<WriteOnly>(|_| Ok(()));
+    start(&mut sel, WriteOnly(ours), protocol).map_err(io::Error::from)?;
+    run_until(&mut sel, "made", |_| Ok(!heard.borrow().is_empty()))?;
+    drop(theirs);
+    run_until_lost(&mut sel, &heard)?;
+    assert_eq!(*heard.borrow(), ["made", "lost Some(BrokenPipe)"]);
+    Ok(())
+}
+
+#[test]
+fn a_write_only_stream_whose_reader_leaves_mid_flush_ends_with_the_error() -> io::Result<()> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut sel = Selector::new()?;
+    let (protocol, heard) = notes::<WriteOnly>(|tx| {
+        tx.write(&pattern(0, 4 * MIB))?;
+        assert!(tx.write_buffer_size() > 0);
+        Ok(())
+    });
+    start(&mut sel, WriteOnly(ours), protocol).map_err(io::Error::from)?;
+    run_until(&mut sel, "made", |_| Ok(!heard.borrow().is_empty()))?;
+    let mut some = [0; 1024];
+    (&theirs).read_exact(&mut some)?;
+    drop(theirs);
+    run_until_lost(&mut sel, &heard)?;
+    let last = heard.borrow().last().cloned().unwrap();
+    assert!(
+        last == "lost Some(BrokenPipe)" || last == "lost Some(ConnectionReset)",
+        "{last}"
+    );
+    Ok(())
+}
+
+#[test]
+fn write_eof_on_a_write_only_stream_flushes_then_closes() -> io::Result<()> {
+    let (ours, theirs) = UnixStream::pair()?;
+    theirs.set_nonblocking(true)?;
+    let mut sel = Selector::new()?;
+    let (protocol, heard) = notes::<WriteOnly>(|tx| {
+        tx.write(&pattern(0, 4 * MIB))?;
+        tx.write_eof();
+        Ok(())
+    });
+    start(&mut sel, WriteOnly(ours), protocol).map_err(io::Error::from)?;
+    let mut got = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    run_until(&mut sel, "end of stream", |_| loop {
+        match Read::read(&mut &theirs, &mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    })?;
+    assert!(got == pattern(0, 4 * MIB));
+    run_until_lost(&mut sel, &heard)?;
+    assert_eq!(*heard.borrow(), ["made", "lost None"]);
+    Ok(())
+}
+
+#[test]
+fn an_abandoned_connect_reports_to_its_caller_not_to_the_protocol() -> io::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut sel = Selector::new()?;
+    let (protocol, heard) = notes::<TcpStream>(|_| Ok(()));
+    let failure = Rc::new(RefCell::new(None));
+    let f = Rc::clone(&failure);
+    let id = selreactor::net::connect_tcp(
+        &mut sel,
+        listener.local_addr()?,
+        None,
+        protocol,
+        move |_, e| {
+            *f.borrow_mut() = Some(e.kind());
+        },
+    )?;
+    id.transport(&mut sel)?.abort();
+    run_until(&mut sel, "the failure", |_| Ok(failure.borrow().is_some()))?;
+    assert_eq!(*failure.borrow(), Some(io::ErrorKind::ConnectionAborted));
+    assert!(heard.borrow().is_empty(), "{:?}", heard.borrow());
+    assert!(sel.is_empty());
     Ok(())
 }

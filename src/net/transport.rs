@@ -769,12 +769,8 @@ impl<T: ByteStream> Conn<T> {
         if !self.state.borrow().connecting {
             return;
         }
-        self.end(reg, None);
-        drop(self.protocol.take());
-        self.forget(reg);
-        if let Some(report) = self.connect_failed.take() {
-            report(reg, error);
-        }
+        self.end(reg, Some(error));
+        self.settle(reg);
     }
 
     /// Reads until the stream is drained, paused, or has given its share of this turn.
@@ -1017,8 +1013,19 @@ impl<T: ByteStream> Conn<T> {
                 direct: true,
             };
             protocol.lost(&mut tx, reason);
+            return;
         }
+        // Never opened: the protocol goes unheard; a connect's caller hears why.
         drop(protocol);
+        if let Some(report) = self.connect_failed.take() {
+            let reason = reason.unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the connect was abandoned",
+                )
+            });
+            report(reg, reason);
+        }
     }
 
     /// Takes the connection out of the loop's table of live ones.
