@@ -80,6 +80,8 @@ mod registry;
 mod run;
 mod selector;
 mod signal;
+#[cfg(feature = "async")]
+pub mod task;
 mod timer;
 
 pub use handle::Handle;
