@@ -478,6 +478,8 @@ fn run(addr: &str, quiet: bool) -> Result<(), String> {
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| format!("{addr:?} is not an address (try 127.0.0.1:8008)"))?;
     let listener = bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    // The address it got: with port 0 the system picks one.
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let mut sel = Selector::new().map_err(|e| format!("cannot create the selector: {e}"))?;
     let config = Config {
         quiet,

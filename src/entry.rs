@@ -93,6 +93,10 @@ impl Registration for Out {
     }
 
     fn take_source(self: Box<Self>, _: &mut dyn Any) {}
+
+    fn type_name(&self) -> &'static str {
+        "(running)"
+    }
 }
 
 /// A source and its callback with their types erased.
@@ -111,6 +115,9 @@ pub(crate) trait Registration {
 
     /// Moves the source into `out`, which must be an `Option<T>` of the source's type.
     fn take_source(self: Box<Self>, out: &mut dyn Any);
+
+    /// The source's type, for error reports (a vtable entry: it costs the slot nothing).
+    fn type_name(&self) -> &'static str;
 }
 
 pub(crate) struct Callback<T, F> {
@@ -150,6 +157,10 @@ where
         if let Some(out) = out.downcast_mut::<Option<T>>() {
             *out = Some(self.source);
         }
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
     }
 }
 

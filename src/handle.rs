@@ -93,13 +93,24 @@ impl Shared {
             return Ok(false);
         }
         self.poller.clear_notification(events)?;
+        self.take_queued(deferred);
+        Ok(self.stop.swap(false, Ordering::SeqCst))
+    }
+
+    /// Moves the calls handles have queued to the back of `deferred`. The loop does it when it
+    /// wakes, and [`Registry::call_soon`] does it first whenever a handle call is pending, so
+    /// both kinds of call run in the order they were queued. `pending` stays as it is: the
+    /// loop's next [`collect`](Shared::collect) clears it with the notification.
+    pub(crate) fn take_queued(
+        &self,
+        deferred: &mut std::collections::VecDeque<crate::registry::Deferred>,
+    ) {
         let queued = mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
         deferred.extend(
             queued
                 .into_iter()
                 .map(|f| -> crate::registry::Deferred { f }),
         );
-        Ok(self.stop.swap(false, Ordering::SeqCst))
     }
 
     /// Called when the selector is dropped: later handle operations fail, and calls still
@@ -183,7 +194,9 @@ impl Handle {
     }
 
     /// Queues `f` to run on the loop's thread, in its next iteration, and wakes the loop.
-    /// Calls from one thread run in the order queued.
+    ///
+    /// Handle calls and [`Registry::call_soon`] feed one queue: a call queued through a handle
+    /// before a `call_soon` runs before it, and calls from one thread run in the order queued.
     ///
     /// # Errors
     ///

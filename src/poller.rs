@@ -1,6 +1,7 @@
 //! The one boundary to the OS: registration through `polling`, and the wait.
 //!
-//! `polling` 3 is the registration layer (and holds the crate's only `unsafe` call, below).
+//! `polling` 3 is the registration layer (and needs one of the crate's two `unsafe` calls, below;
+//! the other reads a signal's disposition in `signal.rs`).
 //! Its `Poller::wait` costs five syscalls on Linux (arm a timerfd, re-arm it in epoll, wait,
 //! read the notification eventfd, re-arm that), where a level-triggered reactor needs one. So on
 //! Linux and Android the selector waits with a plain `epoll_wait` on polling's own epoll

@@ -3,12 +3,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use slab::Slab;
 
+use crate::claims::Claims;
 use crate::entry::{Callback, Entry, Registration};
 use crate::handle::{Handle, Shared};
 use crate::interest::{Event, Interest, Readiness};
@@ -27,6 +28,8 @@ pub(crate) type Deferred = Box<dyn FnOnce(&mut Registry)>;
 /// live on `Selector`, which callbacks never see.
 pub struct Registry {
     entries: Slab<Entry>,
+    /// Which registration holds each descriptor number: one number, one registration.
+    claims: Claims,
     /// The generation the next registration gets; see [`Token`].
     next_generation: u32,
     owner: Owner,
@@ -37,7 +40,8 @@ pub struct Registry {
     /// Tasks spawned on this selector (the `async` feature's executor).
     #[cfg(feature = "async")]
     pub(crate) tasks: crate::task::Executor,
-    /// `None` while the handler runs (and before one is set: then errors go to stderr).
+    /// `None` while the handler runs (and before one is set: then errors go to the `log`
+    /// facade).
     error_handler: Option<ErrorHandler>,
 }
 
@@ -102,6 +106,7 @@ impl Registry {
         let shared = Arc::new(Shared::new(poller));
         Registry {
             entries: Slab::new(),
+            claims: Claims::new(),
             next_generation: 0,
             owner: Owner::next(),
             #[cfg(feature = "async")]
@@ -121,27 +126,50 @@ impl Registry {
     /// the registry, the source by shared reference (so no callback can close or swap the
     /// descriptor under the poller) and the [`Event`]. Polling is level-triggered: a source stays
     /// ready, and its callback keeps being called, until it is drained to `WouldBlock` or its
-    /// interest changes. Sources should be in non-blocking mode (`set_nonblocking(true)`), or a
-    /// read that finds less than it asked for blocks the whole loop.
+    /// interest changes. Sources should be in non-blocking mode (`set_nonblocking(true)`): on a
+    /// blocking source, a read that finds nothing (another callback drained it first, or the
+    /// callback reads again after draining it) blocks the whole loop. A read that finds less
+    /// than it asked for returns what there is, in either mode.
     ///
-    /// A callback that returns `Err` is removed (its source closed) and the error goes to the
-    /// [error handler](Registry::set_error_handler). A callback that panics is removed the same
-    /// way, and the panic unwinds out of `run`/`run_once`, leaving the selector usable.
+    /// What the callback's result means:
+    /// - `Ok(())`: carry on.
+    /// - `Err` of kind [`WouldBlock`](io::ErrorKind::WouldBlock) or
+    ///   [`Interrupted`](io::ErrorKind::Interrupted): "nothing now" (a spurious wake-up, say,
+    ///   when `read(..)?` finds the source drained by another callback). The registration stays
+    ///   and is dispatched again when ready; the error handler does not see it.
+    /// - Any other `Err`: the registration is removed (its source closed) and the error goes to
+    ///   the [error handler](Registry::set_error_handler).
+    ///
+    /// So a callback whose `Err` should not end it must handle that error itself. A listener is
+    /// the usual case: `accept` failing with `ECONNABORTED` (a peer gave up in the backlog)
+    /// concerns one connection, and `EMFILE`/`ENFILE` (out of descriptors) a moment; returned
+    /// with `?`, either would close the listener. Match them in the accept callback instead:
+    /// skip the former; for the latter, pause the listener with
+    /// [`modify`](Registry::modify)`(key, Interest::NONE)` (a level-triggered listener with a
+    /// full backlog would otherwise wake the loop without end) and resume it from a
+    /// [`call_later`](Registry::call_later) timer.
+    ///
+    /// A callback that panics is removed the same way, and the panic unwinds out of
+    /// `run`/`run_once`, leaving the selector usable.
     ///
     /// # Errors
     ///
     /// The source comes back inside the [`RegisterError`], open and unchanged:
     /// - [`InvalidInput`](io::ErrorKind::InvalidInput) for [`Interest::NONE`];
+    /// - [`AlreadyExists`](io::ErrorKind::AlreadyExists) for a descriptor number a live
+    ///   registration of this selector holds, paused ones included: one number names one
+    ///   registration, so that removing or changing one can never act on another's entry in the
+    ///   OS poller. (A number stays held until its registration is removed, even if code that
+    ///   breaks I/O safety closed the descriptor behind the selector's back and the OS reused it:
+    ///   remove the stale registration first.)
     /// - whatever the OS says: `EPERM` for a regular file or a directory (epoll cannot poll
-    ///   them), [`AlreadyExists`](io::ErrorKind::AlreadyExists) for a descriptor this selector
-    ///   already polls, `EINVAL` for the selector's own descriptor, `ENOSPC` past
-    ///   `max_user_watches`.
+    ///   them), `EINVAL` for the selector's own descriptor, `ENOSPC` past `max_user_watches`.
     ///
     /// # Examples
     ///
     /// ```
     /// use selreactor::{Interest, Selector};
-    /// use std::io::{Read, Write};
+    /// use std::io::{self, Read, Write};
     /// use std::os::unix::net::UnixStream;
     ///
     /// let mut sel = Selector::new()?;
@@ -149,10 +177,14 @@ impl Registry {
     /// theirs.set_nonblocking(true)?;
     /// sel.register(theirs, Interest::READ, |reg, mut stream, event| {
     ///     let mut buf = [0; 64];
-    ///     let n = stream.read(&mut buf)?;
-    ///     assert_eq!(&buf[..n], b"ping");
-    ///     reg.remove(event.key())?; // done: close it
-    ///     Ok(())
+    ///     match stream.read(&mut buf) {
+    ///         Ok(n) => {
+    ///             assert_eq!(&buf[..n], b"ping");
+    ///             reg.remove(event.key()) // done: close it
+    ///         }
+    ///         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()), // nothing now
+    ///         Err(e) => Err(e),
+    ///     }
     /// })?;
     /// ours.write_all(b"ping")?;
     /// sel.run()?; // returns once nothing is left to wait for
@@ -181,6 +213,10 @@ impl Registry {
             let error = io::Error::new(io::ErrorKind::OutOfMemory, "too many registrations");
             return Err(RegisterError::new(source, error));
         }
+        let fd = source.as_fd().as_raw_fd();
+        if let Some(holder) = self.claims.holder(fd) {
+            return Err(RegisterError::new(source, already_registered(fd, holder)));
+        }
         let token = Token {
             index: slot.key() as u32,
             generation: self.next_generation,
@@ -192,6 +228,7 @@ impl Registry {
         {
             return Err(RegisterError::new(source, error));
         }
+        self.claims.claim(fd, token);
         self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
         let registration = Box::new(Callback { source, callback });
         slot.insert(Entry::new(token.generation, interest, registration));
@@ -211,6 +248,42 @@ impl Registry {
     ///
     /// - [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector;
     /// - the OS's error, with the registration left as it was.
+    ///
+    /// # Examples
+    ///
+    /// Waiting for `WRITE` only while there is something to send (a writable socket is
+    /// writable almost always, so keeping `WRITE` on would call the callback without end):
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{self, Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// theirs.set_nonblocking(true)?;
+    /// let mut outbox = b"queued reply".to_vec();
+    /// let key = sel.register(theirs, Interest::READ, move |reg, mut stream, event| {
+    ///     if event.is_writable() {
+    ///         match stream.write(&outbox) {
+    ///             Ok(n) => drop(outbox.drain(..n)),
+    ///             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+    ///             Err(e) => return Err(e),
+    ///         }
+    ///         if outbox.is_empty() {
+    ///             reg.remove(event.key())?; // all sent: close it
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// sel.modify(key, Interest::WRITE)?; // something to send: wait for room
+    /// assert_eq!(sel.interest(key), Some(Interest::WRITE));
+    /// sel.run()?;
+    /// let mut reply = String::new();
+    /// ours.read_to_string(&mut reply)?;
+    /// assert_eq!(reply, "queued reply");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn modify<T>(&mut self, key: Key<T>, interest: Interest) -> io::Result<()> {
         let entry = find_mut(&mut self.entries, self.owner, key.owner, key.token)?;
         if entry.interest == interest {
@@ -234,6 +307,30 @@ impl Registry {
     /// - [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector;
     /// - [`ResourceBusy`](io::ErrorKind::ResourceBusy) when called from the registration's own
     ///   callback, which still borrows the source: use [`remove`](Registry::remove) there.
+    ///
+    /// # Examples
+    ///
+    /// Handing a connection over to blocking code once the loop is done with it:
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// theirs.set_nonblocking(true)?;
+    /// let key = sel.register(theirs, Interest::READ, |_, _, _| Ok(()))?;
+    ///
+    /// let mut stream = sel.unregister(key)?; // the same socket, still open
+    /// assert!(!sel.contains(key));
+    /// stream.set_nonblocking(false)?;
+    /// ours.write_all(b"still here")?;
+    /// let mut buf = [0; 10];
+    /// stream.read_exact(&mut buf)?;
+    /// assert_eq!(&buf, b"still here");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn unregister<T: 'static>(&mut self, key: Key<T>) -> io::Result<T> {
         let entry = self.entry_mut(key.owner, key.token)?;
         if entry.registration().is_none() {
@@ -245,7 +342,14 @@ impl Registry {
         let entry = self.entries.remove(key.token.index());
         let armed = entry.armed;
         let registration = entry.into_registration().expect("checked above");
-        delete(&self.shared.poller, armed, registration.as_ref());
+        let claims = &mut self.claims;
+        delete(
+            &self.shared.poller,
+            claims,
+            key.token,
+            armed,
+            registration.as_ref(),
+        );
         let mut source: Option<T> = None;
         registration.take_source(&mut source);
         Ok(source.expect("a typed key always names a source of its type"))
@@ -260,12 +364,34 @@ impl Registry {
     /// # Errors
     ///
     /// [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{self, Read};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// let key = sel.register(theirs, Interest::READ, |_, _, _| Ok(()))?;
+    /// sel.remove(key)?; // closes our end of the pair: the peer sees end of stream
+    /// assert_eq!(ours.read(&mut [0; 8])?, 0);
+    /// assert_eq!(sel.remove(key).unwrap_err().kind(), io::ErrorKind::NotFound); // stale now
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn remove<T>(&mut self, key: Key<T>) -> io::Result<()> {
         self.entry_mut(key.owner, key.token)?;
         let entry = self.entries.remove(key.token.index());
         let armed = entry.armed;
         if let Some(registration) = entry.into_registration() {
-            release(&self.shared.poller, armed, registration);
+            release(
+                &self.shared.poller,
+                &mut self.claims,
+                key.token,
+                armed,
+                registration,
+            );
         }
         Ok(())
     }
@@ -319,6 +445,27 @@ impl Registry {
     }
 
     /// A handle for other threads: wake the loop, queue work onto it, stop it.
+    ///
+    /// A live handle keeps [`run`](crate::Selector::run) going even with nothing registered,
+    /// since work may still arrive through it; drop every handle (or stop the loop) to let
+    /// `run` return.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use selreactor::Selector;
+    /// use std::thread;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let handle = sel.handle();
+    /// let worker = thread::spawn(move || {
+    ///     // `handle` is dropped when this thread ends, which also lets `run` return.
+    ///     handle.call_soon(|_| println!("queued from another thread"))
+    /// });
+    /// sel.run()?;
+    /// worker.join().unwrap()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn handle(&self) -> Handle {
         Handle::new(Arc::clone(&self.shared))
     }
@@ -326,18 +473,30 @@ impl Registry {
     /// Runs `f` on the next loop iteration, after the iteration's I/O callbacks and timers, in
     /// the order queued. A call queued during an iteration waits for the next one, so a call
     /// that queues itself again cannot starve I/O or timers.
+    ///
+    /// These calls and those of [`Handle::call_soon`] share one queue (asyncio's `call_soon`
+    /// and `call_soon_threadsafe`): a call queued through a handle before this one, from any
+    /// thread, runs before it.
     pub fn call_soon<F>(&mut self, f: F)
     where
         F: FnOnce(&mut Registry) + 'static,
     {
+        if self.shared.is_pending() {
+            self.shared.take_queued(&mut self.deferred);
+        }
         self.deferred.push_back(Box::new(f));
     }
 
-    /// Sets what happens to errors returned by callbacks. The failed registration has already
-    /// been removed (its source closed) when the handler runs; the handler gets its token and
-    /// the error, and may do anything a callback may, such as [`stop`](Registry::stop).
+    /// Sets what happens to errors returned by callbacks (other than `WouldBlock` and
+    /// `Interrupted`, which are not failures: see [`register`](Registry::register)). The
+    /// failed registration has already been removed (its source closed) when the handler runs;
+    /// the handler gets its token and the error, and may do anything a callback may, such as
+    /// [`stop`](Registry::stop).
     ///
-    /// Without a handler, errors are written to stderr and the loop goes on.
+    /// Without a handler, each error is reported through the [`log`](https://docs.rs/log)
+    /// facade at level `error` (target `selreactor::registry`), with the registration's token
+    /// and its source's type, and the loop goes on. The library itself never writes to stdout
+    /// or stderr.
     pub fn set_error_handler<F>(&mut self, handler: F)
     where
         F: FnMut(&mut Registry, Token, io::Error) + 'static,
@@ -417,10 +576,7 @@ impl Registry {
         }));
         match outcome {
             Ok(Ok(())) => self.put_back(token, armed, registration),
-            Ok(Err(error)) => {
-                self.discard(token, armed, registration);
-                self.report(token, error);
-            }
+            Ok(Err(error)) => self.fail(token, armed, registration, error),
             Err(panic) => {
                 self.discard(token, armed, registration);
                 panic::resume_unwind(panic);
@@ -442,6 +598,25 @@ impl Registry {
         self.put_back_changed(token, armed, registration);
     }
 
+    /// A callback returned `Err`. "Nothing now" (`WouldBlock`, `Interrupted`) is not a failure:
+    /// the registration stays. Any other error removes it and goes to the error handler.
+    #[cold]
+    #[inline(never)]
+    fn fail(
+        &mut self,
+        token: Token,
+        armed: Interest,
+        registration: Box<dyn Registration>,
+        error: io::Error,
+    ) {
+        if is_transient(&error) {
+            return self.put_back(token, armed, registration);
+        }
+        let source_type = registration.type_name();
+        self.discard(token, armed, registration);
+        self.report(token, source_type, error);
+    }
+
     /// The callback changed its own registration: apply the interest it asked for, or release
     /// it if it removed itself.
     #[cold]
@@ -458,11 +633,12 @@ impl Registry {
             .get_mut(token.index())
             .filter(|e| e.generation == token.generation)
         else {
-            return release(poller, armed, registration);
+            return release(poller, &mut self.claims, token, armed, registration);
         };
         if let Err(error) = rearm(poller, registration.fd(), token, armed, entry.interest) {
+            let source_type = registration.type_name();
             self.discard(token, armed, registration);
-            return self.report(token, error);
+            return self.report(token, source_type, error);
         }
         entry.armed = entry.interest;
         entry.put_back(registration);
@@ -477,10 +653,16 @@ impl Registry {
         {
             self.entries.remove(token.index());
         }
-        release(&self.shared.poller, armed, registration);
+        release(
+            &self.shared.poller,
+            &mut self.claims,
+            token,
+            armed,
+            registration,
+        );
     }
 
-    fn report(&mut self, token: Token, error: io::Error) {
+    fn report(&mut self, token: Token, source_type: &str, error: io::Error) {
         match self.error_handler.take() {
             Some(mut handler) => {
                 let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler(self, token, error)));
@@ -490,9 +672,20 @@ impl Registry {
                     panic::resume_unwind(panic);
                 }
             }
-            None => eprintln!("selreactor: callback for {token} failed and was removed: {error}"),
+            None => log::error!(
+                "the callback of {token} ({source_type}) failed and was removed: {error}"
+            ),
         }
     }
+}
+
+/// Whether a callback's error only means "nothing now": a spurious wake-up (`WouldBlock`, say
+/// from `read(..)?` on a source another callback drained) or a signal (`Interrupted`).
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 #[inline]
@@ -528,28 +721,64 @@ fn rearm(
     }
 }
 
-/// Deletes a source from the poller, before anything can close it.
-fn delete(poller: &Poller, armed: Interest, registration: &dyn Registration) {
+/// Deletes a source from the poller and frees its descriptor number, before anything can
+/// close it.
+fn delete(
+    poller: &Poller,
+    claims: &mut Claims,
+    token: Token,
+    armed: Interest,
+    registration: &dyn Registration,
+) {
+    let fd = registration.fd();
+    claims.release(fd.as_raw_fd(), token);
     if !armed.is_none() {
-        // It can only fail if the source broke the `AsFd` contract (closed or swapped its
-        // descriptor): the registration is gone either way, and nothing is left to undo.
-        let _ = poller.delete(registration.fd());
+        // It can only fail if the source's descriptor was closed behind the selector's back
+        // (or its `AsFd` swapped it): the registration is gone either way, and since its number
+        // stayed claimed, no other registration's entry can have been touched.
+        let _ = poller.delete(fd);
     }
 }
 
 /// Deletes a source from the poller, then drops it and its callback.
-fn release(poller: &Poller, armed: Interest, registration: Box<dyn Registration>) {
-    delete(poller, armed, registration.as_ref());
+fn release(
+    poller: &Poller,
+    claims: &mut Claims,
+    token: Token,
+    armed: Interest,
+    registration: Box<dyn Registration>,
+) {
+    delete(poller, claims, token, armed, registration.as_ref());
     drop(registration);
+}
+
+fn already_registered(fd: std::os::fd::RawFd, holder: Token) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "descriptor {fd} is already registered with this selector, as {holder} (if that \
+             registration's descriptor was closed behind the selector's back, remove it first)"
+        ),
+    )
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
         self.shared.close();
-        for entry in self.entries.drain() {
+        for (index, entry) in std::mem::take(&mut self.entries) {
+            let token = Token {
+                index: index as u32,
+                generation: entry.generation,
+            };
             let armed = entry.armed;
             if let Some(registration) = entry.into_registration() {
-                release(&self.shared.poller, armed, registration);
+                release(
+                    &self.shared.poller,
+                    &mut self.claims,
+                    token,
+                    armed,
+                    registration,
+                );
             }
         }
     }

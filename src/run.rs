@@ -54,6 +54,28 @@ impl Selector {
     /// # Panics
     ///
     /// As for [`run`](Selector::run).
+    ///
+    /// # Examples
+    ///
+    /// Driving the loop from code that has other work between iterations:
+    ///
+    /// ```
+    /// use selreactor::Selector;
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    /// use std::time::Duration;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let done = Rc::new(Cell::new(false));
+    /// let flag = Rc::clone(&done);
+    /// sel.call_later(Duration::from_millis(30), move |_| flag.set(true));
+    /// while !done.get() {
+    ///     // ... other work ...
+    ///     sel.run_once(Some(Duration::from_millis(10)))?; // at most 10 ms
+    /// }
+    /// assert_eq!(sel.run_once(Some(Duration::ZERO))?, 0); // a poll: nothing was ready
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         let _running = Running::enter();
         self.turn(timeout)

@@ -6,14 +6,18 @@
 //! *second*, which is the order that loses no signal: one that lands between the two either
 //! has its flag seen now or leaves a byte behind for the next wake-up (at worst a spurious
 //! wake-up with no flag set, which calls nothing).
+//!
+//! Removing the last watch of a signal gives it back its default action if that is what it had
+//! before the first watch: see [`Restorer`].
 
+use std::collections::BTreeMap;
 use std::ffi::c_int;
 use std::fmt;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use signal_hook::consts::FORBIDDEN;
 use signal_hook::low_level::{pipe, signal_name, unregister};
@@ -32,11 +36,14 @@ use crate::registry::Registry;
 /// unregisters every signal-hook action it installed, which closes the write ends, and closes
 /// the read end: no descriptor outlives it.
 ///
-/// Removing it does not bring back the disposition a signal had before signal-hook first
-/// handled it (signal-hook keeps its handler installed, with no action left): a handler
-/// installed through signal-hook before or after goes on working, but a signal whose default
-/// action was to terminate the process is ignored from then on, unless something else handles
-/// it.
+/// When the last watch of a signal in the process is dropped, the signal gets back the action
+/// it had before its first watch: its default action (`SIGTERM` and `SIGUSR1` terminate the
+/// process again), `SIG_IGN`, or the handler that was installed then (with `sigaction`, or
+/// through signal-hook, whose actions keep running throughout). One exception: a signal whose
+/// action was the default at its first watch takes the default again even if signal-hook
+/// actions of your own were installed for it meanwhile (they run first); install yours before
+/// the first watch, or keep a watch. Real-time signals, which signal-hook cannot emulate, keep
+/// signal-hook's handler, so they stay ignored once unwatched.
 pub struct Signals {
     read_end: UnixStream,
     watched: Vec<Watched>,
@@ -84,7 +91,14 @@ impl Signals {
             if watch.watched.iter().any(|w| w.signal == signal) {
                 continue;
             }
+            // Counted before its actions exist, so that the drop of a half-built watch, which
+            // uncounts every signal in `watched`, stays balanced: pushed right after.
+            Restorer::watch(signal)?;
             let arrived = Arc::new(AtomicBool::new(false));
+            watch.watched.push(Watched {
+                signal,
+                arrived: Arc::clone(&arrived),
+            });
             // signal-hook runs a signal's actions in registration order: the flag is set
             // before the byte that announces it is written.
             let id = signal_hook::flag::register(signal, Arc::clone(&arrived))?;
@@ -92,7 +106,6 @@ impl Signals {
             // The pipe action owns (and closes on unregister) its own clone of the write end.
             let id = pipe::register(signal, write_end.try_clone()?)?;
             watch.actions.push(id);
-            watch.watched.push(Watched { signal, arrived });
         }
         Ok(watch)
     }
@@ -126,7 +139,87 @@ impl Drop for Signals {
         for &id in &self.actions {
             unregister(id);
         }
+        for watched in &self.watched {
+            Restorer::unwatch(watched.signal);
+        }
     }
+}
+
+/// Gives a signal back its default action once no watch is left, process-wide.
+///
+/// signal-hook never uninstalls its handler: with every action unregistered, the handler
+/// stays and does nothing, so a signal whose action was the default (terminate, for `SIGTERM`
+/// and `SIGUSR1`) would be ignored for the rest of the process's life. Putting the old
+/// disposition back with `sigaction` is not sound: signal-hook believes its handler installed
+/// and would not reinstall it for a later watch, or for anyone else's signal-hook action.
+/// So the selector works with signal-hook instead. The first time a signal is watched in the
+/// process, it reads the signal's disposition; if it is the default, it installs one more
+/// signal-hook action, first in line and never removed, that performs the default action
+/// ([`signal_hook::flag::register_conditional_default`], which emulates it as signal-hook's own
+/// table says) while no watch of the signal is live. Any other disposition needs nothing: an
+/// ignored signal stays ignored by the idle handler, and an earlier handler keeps being called,
+/// since signal-hook chains to the handler it replaced.
+struct Restorer;
+
+/// Per watched signal: live watches, and the flag of its default-action keeper (`None`: the
+/// signal had no default action to give back).
+struct Gate {
+    watches: usize,
+    no_watch: Option<Arc<AtomicBool>>,
+}
+
+static GATES: Mutex<BTreeMap<c_int, Gate>> = Mutex::new(BTreeMap::new());
+
+impl Restorer {
+    fn watch(signal: c_int) -> io::Result<()> {
+        let mut gates = GATES.lock().unwrap_or_else(PoisonError::into_inner);
+        let gate = match gates.entry(signal) {
+            std::collections::btree_map::Entry::Occupied(gate) => gate.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let no_watch = if has_default_action(signal)? && signal_name(signal).is_some() {
+                    let flag = Arc::new(AtomicBool::new(false));
+                    // Never unregistered: it is needed whenever the signal has no watch.
+                    signal_hook::flag::register_conditional_default(signal, Arc::clone(&flag))?;
+                    Some(flag)
+                } else {
+                    None
+                };
+                slot.insert(Gate {
+                    watches: 0,
+                    no_watch,
+                })
+            }
+        };
+        gate.watches += 1;
+        if let Some(flag) = &gate.no_watch {
+            flag.store(false, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn unwatch(signal: c_int) {
+        let mut gates = GATES.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(gate) = gates.get_mut(&signal) {
+            gate.watches -= 1;
+            if let (0, Some(flag)) = (gate.watches, &gate.no_watch) {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Whether `signal`'s disposition is `SIG_DFL`.
+fn has_default_action(signal: c_int) -> io::Result<bool> {
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: with a null new action, `sigaction` only writes the current one to `current`,
+    // which is valid for writes of a `libc::sigaction`; it is read only after a success.
+    let current = unsafe {
+        if libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        current.assume_init()
+    };
+    Ok(current.sa_sigaction == libc::SIG_DFL)
 }
 
 impl fmt::Debug for Signals {

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
+use std::sync::{Mutex, Once, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -486,12 +487,13 @@ fn a_failing_callback_is_removed_reported_with_its_token_and_others_carry_on() -
 }
 
 #[test]
-fn without_a_handler_errors_go_to_stderr_and_the_loop_goes_on() -> io::Result<()> {
+fn without_a_handler_errors_go_to_the_log_facade_and_the_loop_goes_on() -> io::Result<()> {
+    capture_log();
     let mut sel = Selector::new()?;
     let (bad, _bad_peer) = readable_pair()?;
     let bad_key = sel.register(bad, Interest::READ, |_, _, _| {
         Err(io::Error::other(
-            "expected failure, printed by the default handler",
+            "expected failure, logged by the default handler",
         ))
     })?;
     let (good, mut good_peer) = readable_pair()?;
@@ -519,6 +521,105 @@ fn without_a_handler_errors_go_to_stderr_and_the_loop_goes_on() -> io::Result<()
     assert_eq!(runs.get(), 3);
     assert!(!sel.contains(bad_key));
     assert_eq!(sel.len(), 1);
+
+    let records = CAPTURED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let ours: Vec<_> = records
+        .iter()
+        .filter(|r| r.message.contains("logged by the default handler"))
+        .collect();
+    assert_eq!(ours.len(), 1, "one record for one failure: {records:?}");
+    let record = ours[0];
+    assert_eq!(record.level, ::log::Level::Error);
+    assert!(record.target.starts_with("selreactor"), "{record:?}");
+    for part in [bad_key.token().to_string().as_str(), "UnixStream"] {
+        assert!(record.message.contains(part), "no {part:?} in {record:?}");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+struct Record {
+    level: ::log::Level,
+    target: String,
+    message: String,
+}
+
+static CAPTURED: Mutex<Vec<Record>> = Mutex::new(Vec::new());
+
+/// A `log` backend that keeps every record, installed once for this binary.
+struct Capture;
+
+impl ::log::Log for Capture {
+    fn enabled(&self, _: &::log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &::log::Record<'_>) {
+        CAPTURED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Record {
+                level: record.level(),
+                target: record.target().to_owned(),
+                message: record.args().to_string(),
+            });
+    }
+
+    fn flush(&self) {}
+}
+
+fn capture_log() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        ::log::set_logger(&Capture).expect("no other logger in this binary");
+        ::log::set_max_level(::log::LevelFilter::Trace);
+    });
+}
+
+#[test]
+fn would_block_and_interrupted_are_not_failures() -> io::Result<()> {
+    for kind in [io::ErrorKind::WouldBlock, io::ErrorKind::Interrupted] {
+        let mut sel = Selector::new()?;
+        let reported = log::<String>();
+        let report = Rc::clone(&reported);
+        sel.set_error_handler(move |_, token, e| report.borrow_mut().push(format!("{token}: {e}")));
+        let (ours, mut peer) = readable_pair()?;
+        let fd = ours.as_raw_fd();
+        let calls = Rc::new(Cell::new(0));
+        let count = Rc::clone(&calls);
+        let key = sel.register(ours, Interest::READ, move |_, stream, _| {
+            count.set(count.get() + 1);
+            if count.get() <= 3 {
+                return Err(io::Error::from(kind)); // as `read(..)?` would pass it on
+            }
+            drain(stream)?;
+            Ok(())
+        })?;
+        for call in 1..=3 {
+            assert_eq!(sel.run_once(Some(Duration::from_secs(5)))?, 1, "{kind:?}");
+            assert_eq!(calls.get(), call, "{kind:?}: dispatched again while ready");
+            assert!(sel.contains(key), "{kind:?} removed the registration");
+            assert!(
+                epoll_entry(&sel, fd)?.is_some(),
+                "{kind:?}: left the kernel"
+            );
+        }
+        assert_eq!(sel.run_once(Some(Duration::from_secs(5)))?, 1);
+        assert_eq!(calls.get(), 4);
+        // Drained: it sleeps until the peer writes again, then runs.
+        assert_eq!(sel.run_once(Some(SETTLE))?, 0);
+        peer.write_all(b"more")?;
+        assert_eq!(sel.run_once(Some(Duration::from_secs(5)))?, 1);
+        assert_eq!(calls.get(), 5);
+        assert!(
+            reported.borrow().is_empty(),
+            "{kind:?}: {:?}",
+            reported.borrow()
+        );
+    }
     Ok(())
 }
 

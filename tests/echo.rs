@@ -136,7 +136,7 @@ fn read_stream(
     let mut offset = 0;
     while offset < total {
         let want = sizes.next(max_read).min((total - offset) as usize);
-        let n = stream.read(&mut buf[..want])?;
+        let n = util::retry_interrupted(IO_TIMEOUT, || stream.read(&mut buf[..want]))?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -256,10 +256,8 @@ fn many_concurrent_clients_each_get_their_own_bytes_back() -> io::Result<()> {
             })
         })
         .collect();
-    let mut sent = 0;
-    for client in clients {
-        sent += join(client)?;
-    }
+    // A client that fails leaves the others at the barrier: join so that its error surfaces.
+    let sent: u64 = util::join_all(clients, 2 * IO_TIMEOUT)?.into_iter().sum();
     let totals = server.wait_for("every connection closed", |t| t.closed == CLIENTS as u64)?;
     assert_eq!(totals.accepted, CLIENTS as u64);
     assert_eq!(totals.bytes_received, sent);
@@ -727,8 +725,8 @@ fn sixty_four_mib_each_way_at_once_is_exact() -> io::Result<()> {
     let writer = thread::spawn(move || write_stream(&writer_stream, total, MAX_SLICE, 4));
     let reader_stream = stream.try_clone()?;
     let reader = thread::spawn(move || read_stream(&reader_stream, total, MAX_SLICE, |_| {}));
-    join(writer)?;
-    join(reader)?;
+    // Either may fail first, leaving the other blocked: join so that the failure surfaces.
+    util::join_all(vec![writer, reader], 6 * IO_TIMEOUT)?;
     drop(stream);
     let totals = server.wait_for("the connection closed", |t| t.closed == 1)?;
     assert_eq!(totals.bytes_received, total);

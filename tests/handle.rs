@@ -356,3 +356,46 @@ fn dropping_everything_returns_the_descriptor_count_to_baseline() -> io::Result<
     }
     Ok(())
 }
+
+/// asyncio's `call_soon` and `call_soon_threadsafe` feed one queue; so do `Registry::call_soon`
+/// and `Handle::call_soon`: calls run in the order they were queued, whichever way, whether
+/// queued before the loop runs or from inside an iteration.
+#[test]
+fn handle_calls_and_call_soon_run_in_the_order_queued() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let handle = sel.handle();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let push = |name: &'static str| {
+        let order = Arc::clone(&order);
+        move |_: &mut selreactor::Registry| order.lock().unwrap().push(name)
+    };
+
+    handle.call_soon(push("handle 1"))?;
+    sel.call_soon(push("soon 1"));
+    handle.call_soon(push("handle 2"))?;
+    handle.call_soon(push("handle 3"))?;
+    sel.call_soon(push("soon 2"));
+    let queue_more = {
+        let handle = handle.clone();
+        let (h4, s3, h5) = (push("handle 4"), push("soon 3"), push("handle 5"));
+        move |reg: &mut selreactor::Registry| {
+            // From inside an iteration: the same order, in the next one.
+            handle.call_soon(h4).expect("selector alive");
+            reg.call_soon(s3);
+            handle.call_soon(h5).expect("selector alive");
+        }
+    };
+    sel.call_soon(queue_more);
+    assert_eq!(sel.run_once(Some(Duration::ZERO))?, 6);
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["handle 1", "soon 1", "handle 2", "handle 3", "soon 2"]
+    );
+    order.lock().unwrap().clear();
+    assert_eq!(sel.run_once(Some(Duration::ZERO))?, 3);
+    assert_eq!(*order.lock().unwrap(), ["handle 4", "soon 3", "handle 5"]);
+    drop(handle);
+    assert!(sel.run_once(Some(Duration::ZERO))? == 0);
+    Ok(())
+}

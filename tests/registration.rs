@@ -6,7 +6,7 @@ mod util;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -132,10 +132,88 @@ fn second_registration_of_one_descriptor_is_refused_and_changes_nothing() -> io:
         assert!(is_open(fd));
     }
 
+    // Paused, the original is out of the kernel's list, which would take the descriptor again;
+    // the selector still refuses it: the number is the original's until it is removed.
+    sel.modify(key, Interest::NONE)?;
+    let refused = sel
+        .register(Rc::clone(&shared), Interest::READ, noop())
+        .expect_err("the same descriptor while the first is paused");
+    assert_eq!(refused.error.kind(), io::ErrorKind::AlreadyExists);
+    drop(refused);
+    assert_eq!(sel.len(), 1);
+    assert_eq!(epoll_entries(&sel)?, []);
+    sel.modify(key, Interest::READ)?;
+    assert_eq!(epoll_entries(&sel)?, before);
+
     peer.write_all(b"x")?;
     assert_eq!(sel.run_once(Some(Duration::from_secs(5)))?, 1);
     assert_eq!(names(&log), ["original"]);
     assert!(sel.contains(key));
+    Ok(())
+}
+
+/// Code that breaks I/O safety (FFI, `unsafe`) closes a registered descriptor behind the
+/// selector's back and the OS reuses the number. The number stays claimed by the stale
+/// registration, so the newcomer is refused (handed back, open) instead of sharing a kernel
+/// entry that the stale registration's `modify`, `remove` or drop would then change or delete.
+#[test]
+fn a_number_closed_behind_the_selectors_back_stays_claimed_until_its_registration_goes(
+) -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    let (stale, _stale_peer) = pair()?;
+    let number = stale.as_raw_fd();
+    let log = log();
+    let stale_key = sel.register(stale, Interest::READ, recorder(&log, "stale"))?;
+
+    // The foreign close and the reuse of the number, in one step (no other thread can take
+    // the number in between).
+    let (newcomer, mut peer) = pair()?;
+    // SAFETY: dup2 takes no pointers. It closes `number` under the registered stream, which is
+    // the I/O-safety breach this test simulates; that stream is never dropped afterwards (it is
+    // unregistered and forgotten below).
+    let fd = unsafe { libc::dup2(newcomer.as_raw_fd(), number) };
+    assert_eq!(fd, number, "dup2: {}", io::Error::last_os_error());
+    drop(newcomer);
+    // SAFETY: `number` now refers to the new socket, and only this stream will close it.
+    let newcomer = unsafe { UnixStream::from_raw_fd(number) };
+    assert_eq!(
+        epoll_entries(&sel)?,
+        [],
+        "the kernel dropped the stale entry with its file"
+    );
+
+    let refused = match sel.register(newcomer, Interest::READ, recorder(&log, "newcomer")) {
+        Err(refused) => refused,
+        Ok(_) => {
+            // Dropping the selector would close the number twice (an abort, in debug builds).
+            std::mem::forget(sel);
+            panic!("a claimed number was registered again");
+        }
+    };
+    assert_eq!(refused.error.kind(), io::ErrorKind::AlreadyExists);
+    assert!(
+        refused
+            .error
+            .to_string()
+            .contains(&stale_key.token().to_string()),
+        "the error names the holder: {}",
+        refused.error
+    );
+    let newcomer = refused.source;
+    assert_eq!(newcomer.as_raw_fd(), number);
+    assert!(is_open(number));
+    assert_eq!(epoll_entries(&sel)?, []);
+
+    // Removing the stale registration frees the number; its stream is not dropped, since
+    // dropping it would close the newcomer's descriptor.
+    std::mem::forget(sel.unregister(stale_key)?);
+    let key = sel.register(newcomer, Interest::READ, recorder(&log, "newcomer"))?;
+    let entries = epoll_entries(&sel)?;
+    assert_eq!(entries.len(), 1);
+    assert!(entries[0].fd == number && entries[0].is_for(key.token()));
+    peer.write_all(b"x")?;
+    assert_eq!(sel.run_once(Some(Duration::from_secs(5)))?, 1);
+    assert_eq!(names(&log), ["newcomer"]);
     Ok(())
 }
 

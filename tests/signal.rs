@@ -10,6 +10,8 @@ mod util;
 use std::cell::{Cell, RefCell};
 use std::ffi::c_int;
 use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use selreactor::{Key, Selector, Signals};
-use signal_hook::consts::{SIGKILL, SIGSTOP, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{SIGALRM, SIGKILL, SIGSTOP, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::low_level::raise;
 
 use util::{fd_count, serial};
@@ -120,38 +122,122 @@ fn sigterm_callback_stops_run() -> io::Result<()> {
 fn removing_the_watch_closes_its_fds_and_keeps_earlier_handlers() -> io::Result<()> {
     let _serial = serial();
     let mut sel = Selector::new()?;
-    // A handler of our own, installed first: it must work before, during and after the watch.
+    // A handler of our own, installed before the signal's first watch in this process (no
+    // other test watches SIGALRM): it must work before, during and after the watch, and the
+    // signal, handled, must not take its default action (terminate) once unwatched.
     let flagged = Arc::new(AtomicBool::new(false));
-    let own = signal_hook::flag::register(SIGUSR1, Arc::clone(&flagged))?;
+    let own = signal_hook::flag::register(SIGALRM, Arc::clone(&flagged))?;
 
     let before = fd_count()?;
-    let (key, seen) = watch(&mut sel, &[SIGUSR1, SIGUSR2])?;
+    let (key, seen) = watch(&mut sel, &[SIGALRM, SIGWINCH])?;
     assert_eq!(
         fd_count()?,
         before + 3,
         "one read end plus one write end per signal"
     );
 
-    raise(SIGUSR1)?;
+    raise(SIGALRM)?;
     assert!(flagged.swap(false, Ordering::SeqCst));
     sel.run_once(Some(Duration::from_secs(2)))?;
-    assert_eq!(*seen.borrow(), [SIGUSR1]);
+    assert_eq!(*seen.borrow(), [SIGALRM]);
 
     sel.remove(key)?;
     assert_eq!(fd_count()?, before, "removal leaked descriptors");
     assert!(sel.is_empty());
 
-    raise(SIGUSR1)?;
-    raise(SIGUSR2)?; // no action left for it: signal-hook's handler does nothing
+    raise(SIGALRM)?;
+    raise(SIGWINCH)?; // its default action, given back, is to ignore it
     assert!(
         flagged.load(Ordering::SeqCst),
         "the earlier handler stopped working"
     );
     assert_eq!(sel.run_once(Some(Duration::from_millis(50)))?, 0);
-    assert_eq!(*seen.borrow(), [SIGUSR1]);
+    assert_eq!(*seen.borrow(), [SIGALRM]);
 
     assert!(signal_hook::low_level::unregister(own));
     Ok(())
+}
+
+/// Set in a child run of this binary: which signal [`removing_the_last_watch_gives_the_default_action_back`]
+/// plays with, or `ignored` for the `SIG_IGN` case.
+const CHILD_VAR: &str = "SELREACTOR_SIGNAL_CHILD";
+const CHILD_TEST: &str = "removing_the_last_watch_gives_the_default_action_back";
+
+/// asyncio's `remove_signal_handler` restores the default action; so does dropping the last
+/// watch. The check needs a process that may die: this binary runs itself again, with
+/// [`CHILD_VAR`] set and only this test, once per signal.
+#[test]
+fn removing_the_last_watch_gives_the_default_action_back() -> io::Result<()> {
+    if let Ok(what) = std::env::var(CHILD_VAR) {
+        return child(&what);
+    }
+    let _serial = serial();
+    for (what, dies_by) in [
+        ("SIGTERM", Some(SIGTERM)),
+        ("SIGUSR1", Some(SIGUSR1)),
+        ("ignored", None),
+    ] {
+        let out = Command::new(std::env::current_exe()?)
+            .args([CHILD_TEST, "--exact", "--test-threads=1", "--nocapture"])
+            .env(CHILD_VAR, what)
+            .stdin(Stdio::null())
+            .output()?;
+        let said = format!(
+            "{what}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.signal(), dies_by, "{said}");
+        if dies_by.is_some() {
+            assert!(said.contains("removed the last watch"), "{said}");
+        } else {
+            assert!(out.status.success(), "{said}");
+        }
+    }
+    Ok(())
+}
+
+/// Two selectors watch the signal: it stays handled while either watch lives, and takes its
+/// old action once both are gone: the default (the process dies here), or `SIG_IGN`.
+fn child(what: &str) -> io::Result<()> {
+    let signal = match what {
+        "SIGTERM" => SIGTERM,
+        "SIGUSR1" => SIGUSR1,
+        "ignored" => {
+            // SAFETY: installs SIG_IGN, no handler code; this process runs no other test.
+            let old = unsafe { libc::signal(SIGUSR2, libc::SIG_IGN) };
+            assert_ne!(old, libc::SIG_ERR);
+            SIGUSR2
+        }
+        other => panic!("unknown child case {other:?}"),
+    };
+    let (mut first, mut second) = (Selector::new()?, Selector::new()?);
+    let (first_key, first_seen) = watch(&mut first, &[signal])?;
+    let (second_key, second_seen) = watch(&mut second, &[signal])?;
+    raise(signal)?;
+    first.run_once(Some(Duration::from_secs(5)))?;
+    second.run_once(Some(Duration::from_secs(5)))?;
+    assert_eq!(
+        (first_seen.take(), second_seen.take()),
+        (vec![signal], vec![signal])
+    );
+
+    first.remove(first_key)?;
+    raise(signal)?; // still watched: handled, not the default action
+    second.run_once(Some(Duration::from_secs(5)))?;
+    assert_eq!(second_seen.take(), [signal]);
+
+    second.remove(second_key)?;
+    println!("removed the last watch");
+    raise(signal)?; // delivered before `raise` returns
+    if what == "ignored" {
+        return Ok(());
+    }
+    thread::sleep(Duration::from_millis(200));
+    Err(io::Error::other(format!(
+        "survived {what} after its last watch was removed"
+    )))
 }
 
 #[test]

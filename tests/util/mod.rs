@@ -13,7 +13,8 @@ use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use selreactor::{Interest, Token};
 
@@ -336,4 +337,60 @@ impl Gate {
         })
         .await
     }
+}
+
+/// Runs `op` again while it fails with `Interrupted`, for up to `limit` in all.
+///
+/// A blocking socket call with a timeout (`SO_RCVTIMEO`, `SO_SNDTIMEO`) returns `EINTR` when
+/// the process is stopped and continued (Ctrl-Z and `fg`, a debugger, a loaded host), even
+/// without any signal handler. `read_exact` and `write_all` retry by themselves; a single
+/// `read` or `write` needs this. The limit keeps a call that keeps being interrupted (and so
+/// never reaches its own timeout) from blocking a broken test for ever.
+pub fn retry_interrupted<T>(
+    limit: Duration,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let start = Instant::now();
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && start.elapsed() < limit => {}
+            other => return other,
+        }
+    }
+}
+
+/// Joins helper threads in an order that cannot block: whichever finishes first is looked at
+/// first, and the first failure (an `Err` or a panic) is returned at once, even while other
+/// threads are stuck because of it (a writer blocked on a socket its failed reader no longer
+/// drains). Threads still running after `limit` fail the test with `TimedOut` (a watchdog).
+/// Threads left behind are detached; the test's sockets closing as it returns unblocks them.
+/// On success, the results come in the order of `threads`.
+pub fn join_all<T>(threads: Vec<JoinHandle<io::Result<T>>>, limit: Duration) -> io::Result<Vec<T>> {
+    let deadline = Instant::now() + limit;
+    let mut running: Vec<_> = threads.into_iter().map(Some).collect();
+    let mut results: Vec<Option<T>> = running.iter().map(|_| None).collect();
+    while running.iter().any(Option::is_some) {
+        let mut progressed = false;
+        for (slot, result) in running.iter_mut().zip(&mut results) {
+            if !slot.as_ref().is_some_and(JoinHandle::is_finished) {
+                continue;
+            }
+            let thread = slot.take().expect("checked above");
+            let value = thread
+                .join()
+                .map_err(|_| io::Error::other("a helper thread panicked"))??;
+            *result = Some(value);
+            progressed = true;
+        }
+        if !progressed {
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("helper threads still running after {limit:?}"),
+                ));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("joined")).collect())
 }
