@@ -1,6 +1,5 @@
 //! 100,000 pending tasks and 200 idle connections: the memory each costs, stated and bounded,
-//! and all of it returned
-//! when they finish or the selector is dropped. A counting `#[global_allocator]` in this binary
+//! and all of it returned when they finish or the selector is dropped. A counting `#[global_allocator]` in this binary
 //! only; the binary has one test, so nothing else allocates meanwhile.
 
 mod util;
