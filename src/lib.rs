@@ -233,11 +233,13 @@ mod entry;
 mod handle;
 mod interest;
 mod key;
+pub mod net;
 mod poller;
 mod registry;
 mod run;
 mod selector;
 mod signal;
+mod state;
 #[cfg(feature = "async")]
 pub mod task;
 mod timer;

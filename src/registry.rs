@@ -15,6 +15,7 @@ use crate::handle::{Handle, Shared};
 use crate::interest::{Event, Interest, Readiness};
 use crate::key::{short_type_name, Key, Owner, Token, GENERATION_MASK, MAX_INDEX};
 use crate::poller::Poller;
+use crate::state::States;
 use crate::timer::Timers;
 
 type ErrorHandler = Box<dyn FnMut(&mut Registry, Token, io::Error)>;
@@ -43,6 +44,8 @@ pub struct Registry {
     /// `None` while the handler runs (and before one is set: then errors go to the `log`
     /// facade).
     error_handler: Option<ErrorHandler>,
+    /// Loop-wide user state, by type (see `state.rs`).
+    pub(crate) states: States,
 }
 
 /// A source that could not be registered, handed back with the reason.
@@ -116,6 +119,7 @@ impl Registry {
             deferred: VecDeque::new(),
             stop_requested: false,
             error_handler: None,
+            states: States::default(),
         }
     }
 
@@ -764,6 +768,7 @@ fn already_registered(fd: std::os::fd::RawFd, holder: Token) -> io::Error {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        States::run_drop_hooks(self);
         self.shared.close();
         for (index, entry) in std::mem::take(&mut self.entries) {
             let token = Token {

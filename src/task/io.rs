@@ -223,6 +223,12 @@ impl<T: AsFd + 'static> Async<T> {
         poll_fn(|cx| self.poll_with(Interest::WRITE, cx, &mut op)).await
     }
 
+    /// Forgets that the source is ready for `direction`: the next wait for it waits for an
+    /// event.
+    pub(crate) fn clear_ready(&self, direction: Interest) {
+        self.source.state.clear(direction);
+    }
+
     fn poll_ready(&self, direction: Interest, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let state = &self.source.state;
         if includes(state.ready.get(), direction) {

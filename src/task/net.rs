@@ -5,9 +5,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener, UnixStream};
 use std::path::Path;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::AsFd;
 
 use crate::interest::Interest;
+use crate::net::{
+    finish_connect, start_connect, start_connect_unix, tcp_listener, unix_listener, ListenOptions,
+};
 use crate::task::io::Async;
 
 fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
@@ -20,13 +23,14 @@ fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
 }
 
 impl Async<TcpListener> {
-    /// Binds a listener to `addr` (`SO_REUSEADDR` set, as std does on Unix).
+    /// Binds a listener to `addr` (`SO_REUSEADDR` set; see
+    /// [`tcp_listener`](crate::net::tcp_listener) for more options).
     ///
     /// # Errors
     ///
     /// The OS's error binding (`AddrInUse`, ...), or as for [`Async::new`].
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<Async<TcpListener>> {
-        Async::new(TcpListener::bind(addr)?)
+        Async::new(tcp_listener(resolve(addr)?, &ListenOptions::default())?)
     }
 
     /// Accepts a connection, registered with this selector. Cancel-safe: a connection is
@@ -59,21 +63,7 @@ impl Async<TcpStream> {
     ///
     /// The connection's error (`ConnectionRefused`, ...), or as for [`Async::new`].
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<Async<TcpStream>> {
-        let addr = resolve(addr)?;
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_nonblocking(true)?;
-        match socket.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        let stream = Async::register(TcpStream::from(socket), Interest::WRITE, Interest::NONE)?;
-        stream.writable().await?;
-        match stream.get_ref().take_error()? {
-            Some(error) => Err(error),
-            None => Ok(stream),
-        }
+        finish(start_connect(resolve(addr)?)?).await
     }
 
     /// The peer's address.
@@ -86,11 +76,18 @@ impl Async<TcpStream> {
     }
 }
 
-/// `EINPROGRESS`, which a non-blocking TCP connect reports (std maps it to no stable kind).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const EINPROGRESS: i32 = 115;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const EINPROGRESS: i32 = 36;
+/// Waits until a connect begun without blocking completes; the stream is registered.
+async fn finish<T: AsFd + 'static>(stream: T) -> io::Result<Async<T>> {
+    let stream = Async::register(stream, Interest::WRITE, Interest::NONE)?;
+    loop {
+        stream.writable().await?;
+        match finish_connect(stream.get_ref()) {
+            // Spurious: still in progress.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.clear_ready(Interest::WRITE),
+            result => return result.map(|()| stream),
+        }
+    }
+}
 
 impl Async<UnixListener> {
     /// Binds a listener to the socket file at `path`.
@@ -99,7 +96,7 @@ impl Async<UnixListener> {
     ///
     /// The OS's error binding (`AddrInUse` if the file exists), or as for [`Async::new`].
     pub fn bind(path: impl AsRef<Path>) -> io::Result<Async<UnixListener>> {
-        Async::new(UnixListener::bind(path)?)
+        Async::new(unix_listener(path, &ListenOptions::default())?)
     }
 
     /// Accepts a connection, registered with this selector (cancel-safe, as for TCP).
@@ -114,14 +111,14 @@ impl Async<UnixListener> {
 }
 
 impl Async<UnixStream> {
-    /// Connects to the socket file at `path`. A Unix connect completes at once or fails (a
-    /// full backlog makes it wait in the kernel briefly).
+    /// Connects to the socket file at `path` without blocking the loop (a listener whose
+    /// backlog is full makes it wait).
     ///
     /// # Errors
     ///
     /// The OS's error (`NotFound`, `ConnectionRefused`), or as for [`Async::new`].
-    pub fn connect(path: impl AsRef<Path>) -> io::Result<Async<UnixStream>> {
-        Async::new(UnixStream::connect(path)?)
+    pub async fn connect(path: impl AsRef<Path>) -> io::Result<Async<UnixStream>> {
+        finish(start_connect_unix(path)?).await
     }
 
     /// A connected pair, both registered with this selector.
