@@ -1,5 +1,5 @@
-//! Dispatch cost: what one event costs from the wait to the callback, against raw `polling`,
-//! raw epoll, mio and calloop in the same groups.
+//! Dispatch cost: what one event costs from the wait to the callback, against raw `polling` and
+//! raw epoll with a hand-written key dispatch, in the same groups.
 //!
 //! - `dispatch/ready`: M always-readable eventfds, every one ready on every turn
 //!   (M = 1, 16, 256, 1024). Throughput is per dispatched event.
@@ -7,59 +7,26 @@
 //!   cost must not grow with the idle population.
 //!
 //! A turn is one zero-timeout wait plus the dispatch of what it found. Before each turn every
-//! peer's ready sources get an eventfd write (mio is edge-triggered and needs a
-//! new edge, as new data would give it); the writes are outside the timed part.
+//! peer's ready sources get an eventfd write, outside the timed part.
 //!
-//! Run: `cargo bench --bench dispatch` (about three minutes on two cores).
+//! Run: `cargo bench --bench dispatch` (about two minutes on two cores). The same groups with
+//! mio and calloop added: `cargo bench -p selreactor-lab --bench dispatch`.
 
 #[path = "common/mod.rs"]
 mod common;
 
 use std::time::Duration;
 
-use common::{build, check_turn, sources, time_turns, PEERS};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 
-fn ready_sources(c: &mut Criterion) {
-    let mut group = c.benchmark_group("dispatch/ready");
-    for ready in [1, 16, 256, 1024] {
-        group.throughput(Throughput::Elements(ready as u64));
-        // The untimed pokes dominate the wall time of large turns: measure those for less.
-        let measure = if ready >= 256 { 1 } else { 2 };
-        group.measurement_time(Duration::from_secs(measure));
-        for peer in PEERS {
-            let mut reactor = build(peer, sources(ready, 0).expect("eventfds")).expect(peer);
-            check_turn(peer, reactor.as_mut(), ready);
-            group.bench_with_input(BenchmarkId::new(peer, ready), &ready, |b, &ready| {
-                b.iter_custom(|iters| time_turns(reactor.as_mut(), ready, iters))
-            });
-        }
-    }
-    group.finish();
-}
-
-fn one_ready_among_idle(c: &mut Criterion) {
-    let mut group = c.benchmark_group("dispatch/one_ready_among");
-    group.throughput(Throughput::Elements(1));
-    for registered in [10, 10_000] {
-        for peer in PEERS {
-            let fds = sources(1, registered - 1).expect("eventfds");
-            let mut reactor = build(peer, fds).expect(peer);
-            check_turn(peer, reactor.as_mut(), 1);
-            group.bench_with_input(BenchmarkId::new(peer, registered), &registered, |b, _| {
-                b.iter_custom(|iters| time_turns(reactor.as_mut(), 1, iters))
-            });
-        }
-    }
-    group.finish();
+fn dispatch(c: &mut Criterion) {
+    common::ready_sources(c, &common::PEERS, common::build);
+    common::one_ready_among_idle(c, &common::PEERS, common::build);
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
-    targets = ready_sources, one_ready_among_idle
+    config = common::config(Duration::from_secs(2));
+    targets = dispatch
 }
 criterion_main!(benches);

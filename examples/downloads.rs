@@ -1,11 +1,14 @@
-//! Ten concurrent downloads on one loop: the seed's asyncio "ex1", without the internet.
+//! Ten concurrent downloads on one loop: the Python notes' asyncio "ex1" (`fetch_content` with
+//! aiohttp), without the internet.
 //!
 //! ```text
 //! cargo run --example downloads                   # 10 downloads, 300 ms server delay
 //! cargo run --example downloads -- --delay-ms 50  # a shorter delay
 //! ```
 //!
-//! The seed fetched ten random images from loremflickr.com at once. There is no network here, so
+//! Try `--delay-ms 2000`: ten downloads still take about two seconds, not twenty.
+//!
+//! The notes fetched ten random images from loremflickr.com at once. There is no network here, so
 //! the same selector also runs a tiny HTTP/1.0 server on `127.0.0.1:<free port>` that answers
 //! every `GET` with a random "image" after a delay (a timer, with the connection paused
 //! meanwhile). Ten non-blocking clients connect, send their request, read the response to the
@@ -18,6 +21,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,17 +29,15 @@ use selreactor::{Event, Interest, Registry, Selector};
 use socket2::{Domain, Socket, Type};
 
 /// What one download produced.
-#[derive(Debug)]
-pub struct Download {
-    pub path: PathBuf,
-    pub bytes: usize,
+struct Download {
+    path: PathBuf,
+    bytes: usize,
 }
 
 /// What the whole run produced.
-#[derive(Debug)]
-pub struct Report {
-    pub downloads: Vec<Download>,
-    pub elapsed: Duration,
+struct Report {
+    downloads: Vec<Download>,
+    elapsed: Duration,
 }
 
 /// A random "image": a JPEG start-of-image marker and pseudo-random bytes, 20–80 KB.
@@ -218,7 +220,7 @@ fn start_client(
             }
             // End of stream: the whole response is in.
             let body = body_of(&response)?;
-            fs::write(&path, body)?; // a small synchronous write, as in the seed
+            fs::write(&path, body)?; // a small synchronous write, as in the notes
             done.borrow_mut().push(Download {
                 path: path.clone(),
                 bytes: body.len(),
@@ -231,7 +233,7 @@ fn start_client(
 
 /// Runs `count` concurrent downloads from a local server that answers after `delay`, saving
 /// the bodies under `dir`.
-pub fn run(count: usize, delay: Duration, dir: &Path) -> io::Result<Report> {
+fn run(count: usize, delay: Duration, dir: &Path) -> io::Result<Report> {
     fs::create_dir_all(dir)?;
     let mut sel = Selector::new()?;
     let failed = Rc::new(Cell::new(false));
@@ -269,29 +271,41 @@ pub fn run(count: usize, delay: Duration, dir: &Path) -> io::Result<Report> {
     Ok(Report { downloads, elapsed })
 }
 
-#[allow(dead_code)] // a test includes this file as a module and calls `run`
-fn main() -> io::Result<()> {
+fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut delay = Duration::from_millis(300);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next().map(|v| v.parse::<u64>())) {
             ("--delay-ms", Some(Ok(ms))) => delay = Duration::from_millis(ms),
+            ("-h" | "--help", _) => {
+                println!("usage: downloads [--delay-ms N]   (default 300)");
+                return ExitCode::SUCCESS;
+            }
             _ => {
-                eprintln!("usage: downloads [--delay-ms N]");
-                std::process::exit(2);
+                eprintln!("usage: downloads [--delay-ms N]   (default 300)");
+                return ExitCode::from(2);
             }
         }
     }
     let dir = std::env::temp_dir().join(format!("selreactor-downloads-{}", std::process::id()));
-    let report = run(10, delay, &dir)?;
-    for download in &report.downloads {
-        println!("{} ({} bytes)", download.path.display(), download.bytes);
+    let result = run(10, delay, &dir);
+    let _ = fs::remove_dir_all(&dir);
+    match result {
+        Ok(report) => {
+            for download in &report.downloads {
+                println!("{} ({} bytes)", download.path.display(), download.bytes);
+            }
+            println!(
+                "{} downloads in {:.3} s (server delay {:.3} s each)",
+                report.downloads.len(),
+                report.elapsed.as_secs_f64(),
+                delay.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("downloads: {e}");
+            ExitCode::FAILURE
+        }
     }
-    println!(
-        "{} downloads in {:.3} s (server delay {:.3} s each)",
-        report.downloads.len(),
-        report.elapsed.as_secs_f64(),
-        delay.as_secs_f64()
-    );
-    fs::remove_dir_all(&dir)
 }

@@ -5,21 +5,24 @@
 //! cargo run --release --example echo_reuseport -- [ADDR] [--threads N]
 //! ```
 //!
-//! ADDR defaults to 127.0.0.1:8008, N to the number of CPUs. Poke it with
-//! `nc 127.0.0.1 8008`, or load it with `examples/echo_load.rs`. Ctrl-C (or SIGTERM) stops every
+//! ADDR defaults to 127.0.0.1:8008, N to the number of CPUs. Ctrl-C (or SIGTERM) stops every
 //! thread through its [`Handle`](selreactor::Handle) and prints how many connections and bytes
-//! each one served, which shows how the kernel balanced them.
+//! each one served, which shows how the kernel balanced them. Try
+//! `for i in $(seq 20); do echo hi | nc -N 127.0.0.1 8008; done`, then Ctrl-C.
 //!
-//! Each connection echoes with the same level-triggered step as the benchmark's floor server:
-//! read once, write it back, and keep what the socket does not take (waiting for `WRITE`, not
-//! reading) until it is flushed.
+//! This is the Python notes' `selectors` echo server (see `echo.rs` for the robust one-thread
+//! version) scaled out to N threads. Each connection echoes with the simplest level-triggered
+//! step: read once, write it back, and keep what the socket does not take (waiting for `WRITE`,
+//! not reading) until it is flushed.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
 
 use selreactor::{Interest, Registry, Selector};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -35,26 +38,45 @@ struct Served {
     bytes: Cell<u64>,
 }
 
-fn main() -> io::Result<()> {
+fn main() -> ExitCode {
     let mut addr: SocketAddr = "127.0.0.1:8008".parse().expect("a valid default");
     let mut threads = thread::available_parallelism().map_or(1, |n| n.get());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--threads" => {
-                threads = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| invalid("--threads needs a positive number"))?
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
             }
-            _ if !arg.starts_with('-') => {
-                addr = arg.parse().map_err(|_| invalid("ADDR must be IP:PORT"))?
-            }
-            _ => return Err(invalid("usage: echo_reuseport [ADDR] [--threads N]")),
+            "--threads" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => threads = n,
+                _ => return usage_error("--threads needs a positive number"),
+            },
+            _ if !arg.starts_with('-') => match arg.parse() {
+                Ok(parsed) => addr = parsed,
+                Err(_) => return usage_error(&format!("{arg:?} is not IP:PORT")),
+            },
+            _ => return usage_error(&format!("unknown option {arg:?}")),
         }
     }
+    match run(addr, threads) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo_reuseport: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+const USAGE: &str =
+    "usage: echo_reuseport [ADDR] [--threads N]   (default 127.0.0.1:8008, one thread per CPU)";
+
+fn usage_error(problem: &str) -> ExitCode {
+    eprintln!("echo_reuseport: {problem}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn run(addr: SocketAddr, threads: usize) -> io::Result<()> {
     // Signals first, so that no thread of ours can receive them before the iterator exists.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let (handles_tx, handles_rx) = mpsc::channel();
@@ -62,7 +84,8 @@ fn main() -> io::Result<()> {
     for index in 0..threads {
         // Every listener is bound before any thread starts serving, so a bind error (the port
         // taken by a process without SO_REUSEPORT) stops the program at once.
-        let listener = bind_shared(addr)?;
+        let listener = bind_shared(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let handles_tx = handles_tx.clone();
         workers.push(thread::spawn(move || -> io::Result<(u64, u64)> {
             let mut sel = Selector::new()?;
@@ -99,7 +122,7 @@ fn main() -> io::Result<()> {
 }
 
 fn invalid(message: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, message.to_string())
+    io::Error::other(message.to_string())
 }
 
 /// A listener that shares `addr` with every other `SO_REUSEPORT` listener of this user.
@@ -118,23 +141,40 @@ fn serve(reg: &mut Registry, listener: TcpListener, served: Rc<Served>) -> io::R
     // per dead client is noise in a benchmark.
     reg.set_error_handler(|_, _, _| {});
     let buf = Rc::new(RefCell::new(vec![0; READ_SIZE]));
-    reg.register(listener, Interest::READ, move |reg, listener, _| {
+    reg.register(listener, Interest::READ, move |reg, listener, event| {
         // Level-triggered: one accept per call; a longer backlog calls again.
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            // Aborted in the backlog, or out of descriptors: not the listener's failure.
-            Err(_) => return Ok(()),
+            // The client gave up while in the backlog: the next call takes the next one.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => return Ok(()),
+            // Out of descriptors or memory: the connection stays in the backlog and the listener
+            // readable, so pause it for a while instead of spinning on it.
+            Err(_) => {
+                let key = event.key();
+                reg.modify(key, Interest::NONE)?;
+                reg.call_later(Duration::from_millis(100), move |reg| {
+                    let _ = reg.modify(key, Interest::READ);
+                });
+                return Ok(());
+            }
         };
-        stream.set_nonblocking(true)?;
-        stream.set_nodelay(true)?;
+        if stream.set_nonblocking(true).is_err() {
+            return Ok(()); // this connection only: dropping it closes it
+        }
+        let _ = stream.set_nodelay(true);
         served.connections.set(served.connections.get() + 1);
         let buf = Rc::clone(&buf);
         let served = Rc::clone(&served);
         let mut pending: Vec<u8> = Vec::new();
-        reg.register(stream, Interest::READ, move |reg, mut stream, event| {
+        // A registration that fails drops (closes) this connection only.
+        let _ = reg.register(stream, Interest::READ, move |reg, mut stream, event| {
             if !pending.is_empty() {
-                let n = stream.write(&pending)?;
+                let n = match stream.write(&pending) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                };
                 pending.drain(..n);
                 served.bytes.set(served.bytes.get() + n as u64);
                 if pending.is_empty() {
@@ -160,7 +200,7 @@ fn serve(reg: &mut Registry, listener: TcpListener, served: Rc<Served>) -> io::R
                 reg.modify(event.key(), Interest::WRITE)?;
             }
             Ok(())
-        })?;
+        });
         Ok(())
     })?;
     Ok(())

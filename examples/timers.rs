@@ -1,4 +1,5 @@
-//! Two periodic tasks on one loop: the seed's asyncio "ex2", with timers instead of coroutines.
+//! Two periodic tasks on one loop: the Python notes' asyncio "ex2" (`print_nums` and
+//! `print_time`), with repeating timers instead of coroutines.
 //!
 //! ```text
 //! cargo run --example timers                # runs for 10 seconds
@@ -6,12 +7,15 @@
 //! ```
 //!
 //! A counter is printed every 0.1 s and "N seconds have passed" every 3 s. Both are repeating
-//! timers on the `start + k * period` grid, so neither drifts however long the program runs;
-//! a one-shot timer cancels both after `--secs`, and `run` returns because nothing is left.
+//! timers ([`Registry::call_every`](selreactor::Registry::call_every)) on the
+//! `start + k * period` grid, so neither drifts however long the program runs: try
+//! `cargo run --example timers -- --secs 30 | grep -v seconds | tail -1`, which prints 301 (the
+//! first number at the start, then one per tick). A one-shot timer cancels both after `--secs`,
+//! and `run` returns because nothing is left.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
-use std::rc::Rc;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use selreactor::Selector;
@@ -19,32 +23,26 @@ use selreactor::Selector;
 const COUNTER_PERIOD: Duration = Duration::from_millis(100);
 const CLOCK_PERIOD: Duration = Duration::from_secs(3);
 
-/// Runs both tasks for `length`, handing each line to `emit`.
-pub fn run(length: Duration, emit: impl FnMut(String) + 'static) -> io::Result<()> {
+fn run(length: Duration) -> io::Result<()> {
     let mut sel = Selector::new()?;
-    let emit = Rc::new(RefCell::new(emit));
 
     // Like the coroutines, both tasks print once at the start, then once per period.
-    let number = Rc::new(Cell::new(1u64));
-    let print_number = {
-        let (emit, number) = (Rc::clone(&emit), Rc::clone(&number));
-        move || {
-            (emit.borrow_mut())(number.get().to_string());
-            number.set(number.get() + 1);
-        }
-    };
-    let print_clock = {
-        let emit = Rc::clone(&emit);
-        move |seconds: u64| (emit.borrow_mut())(format!("{seconds} seconds have passed"))
+    let number = Cell::new(1u64);
+    let print_number = move || {
+        println!("{}", number.get());
+        number.set(number.get() + 1);
     };
     print_number();
-    print_clock(0);
+    println!("0 seconds have passed");
 
     let counter = sel.call_every(COUNTER_PERIOD, move |_, _| print_number());
     let ticks = Cell::new(0u64);
     let clock = sel.call_every(CLOCK_PERIOD, move |_, _| {
         ticks.set(ticks.get() + 1);
-        print_clock(ticks.get() * CLOCK_PERIOD.as_secs());
+        println!(
+            "{} seconds have passed",
+            ticks.get() * CLOCK_PERIOD.as_secs()
+        );
     });
     sel.call_later(length, move |reg| {
         // Both are pending, so neither cancel can fail.
@@ -54,18 +52,28 @@ pub fn run(length: Duration, emit: impl FnMut(String) + 'static) -> io::Result<(
     sel.run()
 }
 
-#[allow(dead_code)] // a test includes this file as a module and calls `run`
-fn main() -> io::Result<()> {
+fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let mut secs = 10.0;
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next().map(|v| v.parse::<f64>())) {
-            ("--secs", Some(Ok(value))) if value >= 0.0 => secs = value,
-            _ => {
-                eprintln!("usage: timers [--secs N]");
-                std::process::exit(2);
-            }
+    let secs = match (
+        args.next().as_deref(),
+        args.next().map(|v| v.parse::<f64>()),
+    ) {
+        (None, _) => 10.0,
+        (Some("--secs"), Some(Ok(secs))) if secs >= 0.0 && args.next().is_none() => secs,
+        (Some("-h" | "--help"), _) => {
+            println!("usage: timers [--secs N]   (default 10)");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("usage: timers [--secs N]   (default 10)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(Duration::from_secs_f64(secs)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("timers: {e}");
+            ExitCode::FAILURE
         }
     }
-    run(Duration::from_secs_f64(secs), |line| println!("{line}"))
 }

@@ -30,6 +30,8 @@ done
 
 # Build first, without valgrind, so build time is not counted below.
 cargo test --no-run "${targets[@]}" >/dev/null 2>&1 || cargo test --no-run "${targets[@]}"
+# tests/examples.rs runs the examples' binaries (not under valgrind themselves).
+cargo build --examples >/dev/null 2>&1 || cargo build --examples
 
 export SELREACTOR_UNDER_VALGRIND=1
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="valgrind -q --error-exitcode=99 \

@@ -15,6 +15,7 @@ use crate::handle::{Handle, Shared};
 use crate::interest::{Event, Interest, Readiness};
 use crate::key::{short_type_name, Key, Owner, Token, GENERATION_MASK, MAX_INDEX};
 use crate::poller::Poller;
+use crate::state::States;
 use crate::timer::Timers;
 
 type ErrorHandler = Box<dyn FnMut(&mut Registry, Token, io::Error)>;
@@ -37,9 +38,14 @@ pub struct Registry {
     pub(crate) timers: Timers,
     pub(crate) deferred: VecDeque<Deferred>,
     pub(crate) stop_requested: bool,
+    /// Tasks spawned on this selector (the `async` feature's executor).
+    #[cfg(feature = "async")]
+    pub(crate) tasks: crate::task::Executor,
     /// `None` while the handler runs (and before one is set: then errors go to the `log`
     /// facade).
     error_handler: Option<ErrorHandler>,
+    /// Loop-wide user state, by type (see `state.rs`).
+    pub(crate) states: States,
 }
 
 /// A source that could not be registered, handed back with the reason.
@@ -100,16 +106,20 @@ fn not_found() -> io::Error {
 
 impl Registry {
     pub(crate) fn new(poller: Poller) -> Registry {
+        let shared = Arc::new(Shared::new(poller));
         Registry {
             entries: Slab::new(),
             claims: Claims::new(),
             next_generation: 0,
             owner: Owner::next(),
-            shared: Arc::new(Shared::new(poller)),
+            #[cfg(feature = "async")]
+            tasks: crate::task::Executor::new(Arc::clone(&shared)),
+            shared,
             timers: Timers::new(),
             deferred: VecDeque::new(),
             stop_requested: false,
             error_handler: None,
+            states: States::default(),
         }
     }
 
@@ -120,8 +130,10 @@ impl Registry {
     /// the registry, the source by shared reference (so no callback can close or swap the
     /// descriptor under the poller) and the [`Event`]. Polling is level-triggered: a source stays
     /// ready, and its callback keeps being called, until it is drained to `WouldBlock` or its
-    /// interest changes. Sources should be in non-blocking mode (`set_nonblocking(true)`), or a
-    /// read that finds less than it asked for blocks the whole loop.
+    /// interest changes. Sources should be in non-blocking mode (`set_nonblocking(true)`): on a
+    /// blocking source, a read that finds nothing (another callback drained it first, or the
+    /// callback reads again after draining it) blocks the whole loop. A read that finds less
+    /// than it asked for returns what there is, in either mode.
     ///
     /// What the callback's result means:
     /// - `Ok(())`: carry on.
@@ -161,7 +173,7 @@ impl Registry {
     ///
     /// ```
     /// use selreactor::{Interest, Selector};
-    /// use std::io::{Read, Write};
+    /// use std::io::{self, Read, Write};
     /// use std::os::unix::net::UnixStream;
     ///
     /// let mut sel = Selector::new()?;
@@ -169,10 +181,14 @@ impl Registry {
     /// theirs.set_nonblocking(true)?;
     /// sel.register(theirs, Interest::READ, |reg, mut stream, event| {
     ///     let mut buf = [0; 64];
-    ///     let n = stream.read(&mut buf)?;
-    ///     assert_eq!(&buf[..n], b"ping");
-    ///     reg.remove(event.key())?; // done: close it
-    ///     Ok(())
+    ///     match stream.read(&mut buf) {
+    ///         Ok(n) => {
+    ///             assert_eq!(&buf[..n], b"ping");
+    ///             reg.remove(event.key()) // done: close it
+    ///         }
+    ///         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()), // nothing now
+    ///         Err(e) => Err(e),
+    ///     }
     /// })?;
     /// ours.write_all(b"ping")?;
     /// sel.run()?; // returns once nothing is left to wait for
@@ -236,6 +252,42 @@ impl Registry {
     ///
     /// - [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector;
     /// - the OS's error, with the registration left as it was.
+    ///
+    /// # Examples
+    ///
+    /// Waiting for `WRITE` only while there is something to send (a writable socket is
+    /// writable almost always, so keeping `WRITE` on would call the callback without end):
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{self, Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// theirs.set_nonblocking(true)?;
+    /// let mut outbox = b"queued reply".to_vec();
+    /// let key = sel.register(theirs, Interest::READ, move |reg, mut stream, event| {
+    ///     if event.is_writable() {
+    ///         match stream.write(&outbox) {
+    ///             Ok(n) => drop(outbox.drain(..n)),
+    ///             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+    ///             Err(e) => return Err(e),
+    ///         }
+    ///         if outbox.is_empty() {
+    ///             reg.remove(event.key())?; // all sent: close it
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// sel.modify(key, Interest::WRITE)?; // something to send: wait for room
+    /// assert_eq!(sel.interest(key), Some(Interest::WRITE));
+    /// sel.run()?;
+    /// let mut reply = String::new();
+    /// ours.read_to_string(&mut reply)?;
+    /// assert_eq!(reply, "queued reply");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn modify<T>(&mut self, key: Key<T>, interest: Interest) -> io::Result<()> {
         let entry = find_mut(&mut self.entries, self.owner, key.owner, key.token)?;
         if entry.interest == interest {
@@ -259,6 +311,30 @@ impl Registry {
     /// - [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector;
     /// - [`ResourceBusy`](io::ErrorKind::ResourceBusy) when called from the registration's own
     ///   callback, which still borrows the source: use [`remove`](Registry::remove) there.
+    ///
+    /// # Examples
+    ///
+    /// Handing a connection over to blocking code once the loop is done with it:
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// theirs.set_nonblocking(true)?;
+    /// let key = sel.register(theirs, Interest::READ, |_, _, _| Ok(()))?;
+    ///
+    /// let mut stream = sel.unregister(key)?; // the same socket, still open
+    /// assert!(!sel.contains(key));
+    /// stream.set_nonblocking(false)?;
+    /// ours.write_all(b"still here")?;
+    /// let mut buf = [0; 10];
+    /// stream.read_exact(&mut buf)?;
+    /// assert_eq!(&buf, b"still here");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn unregister<T: 'static>(&mut self, key: Key<T>) -> io::Result<T> {
         let entry = self.entry_mut(key.owner, key.token)?;
         if entry.registration().is_none() {
@@ -292,6 +368,22 @@ impl Registry {
     /// # Errors
     ///
     /// [`NotFound`](io::ErrorKind::NotFound) for a stale key or one from another selector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io::{self, Read};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// let key = sel.register(theirs, Interest::READ, |_, _, _| Ok(()))?;
+    /// sel.remove(key)?; // closes our end of the pair: the peer sees end of stream
+    /// assert_eq!(ours.read(&mut [0; 8])?, 0);
+    /// assert_eq!(sel.remove(key).unwrap_err().kind(), io::ErrorKind::NotFound); // stale now
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn remove<T>(&mut self, key: Key<T>) -> io::Result<()> {
         self.entry_mut(key.owner, key.token)?;
         let entry = self.entries.remove(key.token.index());
@@ -357,6 +449,27 @@ impl Registry {
     }
 
     /// A handle for other threads: wake the loop, queue work onto it, stop it.
+    ///
+    /// A live handle keeps [`run`](crate::Selector::run) going even with nothing registered,
+    /// since work may still arrive through it; drop every handle (or stop the loop) to let
+    /// `run` return.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use selreactor::Selector;
+    /// use std::thread;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let handle = sel.handle();
+    /// let worker = thread::spawn(move || {
+    ///     // `handle` is dropped when this thread ends, which also lets `run` return.
+    ///     handle.call_soon(|_| println!("queued from another thread"))
+    /// });
+    /// sel.run()?;
+    /// worker.join().unwrap()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn handle(&self) -> Handle {
         Handle::new(Arc::clone(&self.shared))
     }
@@ -388,6 +501,33 @@ impl Registry {
     /// facade at level `error` (target `selreactor::registry`), with the registration's token
     /// and its source's type, and the loop goes on. The library itself never writes to stdout
     /// or stderr.
+    ///
+    /// # Examples
+    ///
+    /// Counting failures, and stopping when a source that must not fail does:
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (_ours, theirs) = UnixStream::pair()?;
+    /// let vital = sel.register(theirs, Interest::WRITE, |_, _, _| {
+    ///     Err(io::Error::other("the control channel broke"))
+    /// })?;
+    /// let mut failures = 0;
+    /// sel.set_error_handler(move |reg, token, error| {
+    ///     failures += 1;
+    ///     eprintln!("registration {token} failed ({failures} so far): {error}");
+    ///     if token == vital.token() {
+    ///         reg.stop();
+    ///     }
+    /// });
+    /// sel.run()?; // the callback's error removed it, and the handler stopped the loop
+    /// assert!(!sel.contains(vital));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_error_handler<F>(&mut self, handler: F)
     where
         F: FnMut(&mut Registry, Token, io::Error) + 'static,
@@ -403,13 +543,31 @@ impl Registry {
         !self.deferred.is_empty()
     }
 
-    /// Whether `run` has nothing left to wait for: no registrations, timers, calls or handles.
+    /// Whether `run` has nothing left to wait for: no registrations, timers, calls, handles
+    /// or tasks.
     pub(crate) fn is_idle(&self) -> bool {
         self.entries.is_empty()
             && self.timers.is_empty()
             && self.deferred.is_empty()
             && !self.shared.has_handles()
             && !self.shared.is_pending()
+            && !self.has_live_tasks()
+    }
+
+    /// Whether tasks are queued to run: the next wait must not block.
+    #[inline]
+    pub(crate) fn has_ready_tasks(&self) -> bool {
+        #[cfg(feature = "async")]
+        return self.tasks.has_queued();
+        #[cfg(not(feature = "async"))]
+        false
+    }
+
+    fn has_live_tasks(&self) -> bool {
+        #[cfg(feature = "async")]
+        return self.tasks.has_live();
+        #[cfg(not(feature = "async"))]
+        false
     }
 
     fn entry(&self, owner: Owner, token: Token) -> Option<&Entry> {
@@ -637,6 +795,7 @@ fn already_registered(fd: std::os::fd::RawFd, holder: Token) -> io::Error {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        States::run_drop_hooks(self);
         self.shared.close();
         for (index, entry) in std::mem::take(&mut self.entries) {
             let token = Token {

@@ -19,8 +19,8 @@ const DEFAULT_EVENTS: usize = 1024;
 /// be, and it is driven from one thread. Other threads use a [`Handle`](crate::Handle).
 ///
 /// Its descriptor (`AsFd`) is the epoll instance, so a selector can be nested in another event
-/// loop (wait for it to be readable, then `run_once(Some(Duration::ZERO))`), and tests can read
-/// the kernel's view of its registrations from `/proc/self/fdinfo/<fd>`.
+/// loop (wait for it to be readable, then `run_once(Some(Duration::ZERO))`), and on Linux the
+/// kernel's view of its registrations can be read from `/proc/self/fdinfo/<fd>`.
 ///
 /// Dropping it deletes every source from the poller, then closes it and drops its callback,
 /// each exactly once; pending timers and deferred calls are dropped without running.

@@ -287,7 +287,7 @@ impl Timers {
 }
 
 /// The first deadline on `deadline`'s grid of `period` that lies after `now`.
-fn next_tick(deadline: Instant, period: Duration, now: Instant) -> Instant {
+pub(crate) fn next_tick(deadline: Instant, period: Duration, now: Instant) -> Instant {
     let next = deadline.checked_add(period).unwrap_or(now + period);
     if next > now {
         return next;
@@ -357,6 +357,27 @@ impl Registry {
     /// # Panics
     ///
     /// If `period` is zero.
+    ///
+    /// # Examples
+    ///
+    /// A heartbeat that stops itself after three beats:
+    ///
+    /// ```
+    /// use selreactor::Selector;
+    /// use std::time::Duration;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let mut beats = 0;
+    /// sel.call_every(Duration::from_millis(10), move |reg, me| {
+    ///     beats += 1;
+    ///     println!("beat {beats}");
+    ///     if beats == 3 {
+    ///         let _ = reg.cancel(me); // it is pending, so this cannot fail
+    ///     }
+    /// });
+    /// sel.run()?; // returns once the timer is cancelled: nothing is left
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[track_caller]
     pub fn call_every<F>(&mut self, period: Duration, f: F) -> TimerKey
     where
@@ -380,6 +401,26 @@ impl Registry {
     ///
     /// [`NotFound`](io::ErrorKind::NotFound) if the timer has already fired (one-shot), was
     /// cancelled, or belongs to another selector.
+    ///
+    /// # Examples
+    ///
+    /// A timeout that is called off when the answer comes first:
+    ///
+    /// ```
+    /// use selreactor::Selector;
+    /// use std::io;
+    /// use std::time::Duration;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let timeout = sel.call_later(Duration::from_secs(30), |_| panic!("no answer"));
+    /// sel.call_soon(move |reg| {
+    ///     // the answer arrived: the timeout must not fire
+    ///     reg.cancel(timeout).expect("still pending");
+    /// });
+    /// sel.run()?; // returns at once: the only timer is gone
+    /// assert_eq!(sel.cancel(timeout).unwrap_err().kind(), io::ErrorKind::NotFound);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn cancel(&mut self, key: TimerKey) -> io::Result<()> {
         if key.owner == self.owner() && self.timers.cancel(key) {
             Ok(())

@@ -1,4 +1,4 @@
-//! The echo example (`examples/echo.rs`) soaked: thousands of short connections one after
+//! An echo server on the transport layer (`tests/util/echo_server.rs`) soaked: thousands of short connections one after
 //! another (churn), and ten thousand held open at once (scale).
 //!
 //! Churn checks that a connection's whole life (accept, register, echo, close, remove) gives
@@ -19,9 +19,6 @@
 mod util;
 
 #[allow(dead_code)]
-#[path = "../examples/echo.rs"]
-mod echo;
-#[allow(dead_code)]
 #[path = "util/echo_server.rs"]
 mod echo_server;
 
@@ -37,8 +34,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use echo::{Config, Totals};
-use echo_server::{poll_until, EchoServer, SETTLE};
+use echo_server::{poll_until, Config, EchoServer, Totals, SETTLE};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Churn cycles: `cargo test` default, and the count under valgrind.

@@ -1,10 +1,10 @@
-//! What the dispatch, churn and instruction-count benches share: always-readable and idle
-//! sources, and the same workload written against selreactor and each peer.
+//! What the dispatch and churn benches share: always-readable and idle sources, the same
+//! workload written against selreactor and each baseline, and the benchmark groups themselves.
 //!
 //! Every peer gets the same eventfds and does the same thing per event (bumps a counter), so
 //! the only difference measured is the reactor layer: selreactor's owned sources and boxed
-//! callbacks; raw `polling` and raw epoll with a hand-written key dispatch; mio with a `Vec` of
-//! boxed closures (what a mio user writes); calloop with its own callbacks.
+//! callbacks against raw `polling` and raw epoll with a hand-written key dispatch. The lab
+//! (`lab/`) reuses this file and adds mio and calloop to the same groups.
 
 // Each bench binary uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -15,13 +15,14 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use criterion::{BenchmarkId, Criterion, Throughput};
 use rustix::event::{epoll, eventfd, EventfdFlags};
 
 /// The most ready sources any bench uses (one wait collects up to 1024 events).
 pub const MAX_READY: usize = 1024;
 
 /// A key no population member uses, for the churned registration.
-const CHURN_KEY: usize = 1 << 30;
+pub const CHURN_KEY: usize = 1 << 30;
 
 /// An eventfd whose counter is non-zero and never read: readable on every wait.
 pub fn ready_eventfd() -> io::Result<OwnedFd> {
@@ -79,7 +80,10 @@ pub trait Reactor {
 }
 
 /// The peers, by the names the benches print.
-pub const PEERS: [&str; 5] = ["selreactor", "polling", "epoll", "mio", "calloop"];
+pub const PEERS: [&str; 3] = ["selreactor", "polling", "epoll"];
+
+/// Builds a named peer over its sources; [`build`] for the peers here.
+pub type Build = fn(&str, Vec<OwnedFd>) -> io::Result<Box<dyn Reactor>>;
 
 /// Builds the named peer over `fds` (plus one spare idle eventfd for churn).
 pub fn build(peer: &str, fds: Vec<OwnedFd>) -> io::Result<Box<dyn Reactor>> {
@@ -87,8 +91,6 @@ pub fn build(peer: &str, fds: Vec<OwnedFd>) -> io::Result<Box<dyn Reactor>> {
         "selreactor" => Box::new(SelreactorPeer::new(fds)?),
         "polling" => Box::new(PollingPeer::new(fds)?),
         "epoll" => Box::new(EpollPeer::new(fds)?),
-        "mio" => Box::new(MioPeer::new(fds)?),
-        "calloop" => Box::new(CalloopPeer::new(fds)?),
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -315,141 +317,64 @@ impl Reactor for EpollPeer {
     }
 }
 
-/// mio (edge-triggered) with a `Vec` of boxed closures indexed by token.
-pub struct MioPeer {
-    poll: mio::Poll,
-    events: mio::Events,
-    handlers: Vec<Box<dyn FnMut()>>,
-    sources: Vec<OwnedFd>,
-    spare: OwnedFd,
-}
-
-impl MioPeer {
-    pub fn new(sources: Vec<OwnedFd>) -> io::Result<Self> {
-        let poll = mio::Poll::new()?;
-        let hits = Rc::new(Cell::new(0u64));
-        let mut handlers: Vec<Box<dyn FnMut()>> = Vec::with_capacity(sources.len());
-        for (token, fd) in sources.iter().enumerate() {
-            poll.registry().register(
-                &mut mio::unix::SourceFd(&fd.as_raw_fd()),
-                mio::Token(token),
-                mio::Interest::READABLE,
-            )?;
-            let hits = Rc::clone(&hits);
-            handlers.push(Box::new(move || hits.set(hits.get() + 1)));
-        }
-        Ok(MioPeer {
-            poll,
-            events: mio::Events::with_capacity(1024),
-            handlers,
-            sources,
-            spare: idle_eventfd()?,
-        })
-    }
-}
-
-impl Reactor for MioPeer {
-    fn turn(&mut self) -> usize {
-        self.poll
-            .poll(&mut self.events, Some(Duration::ZERO))
-            .expect("poll");
-        let mut ran = 0;
-        for event in self.events.iter() {
-            if let Some(handler) = self.handlers.get_mut(event.token().0) {
-                handler();
-                ran += 1;
-            }
-        }
-        ran
-    }
-
-    fn churn(&mut self) {
-        let raw = self.spare.as_raw_fd();
-        let registry = self.poll.registry();
-        registry
-            .register(
-                &mut mio::unix::SourceFd(&raw),
-                mio::Token(CHURN_KEY),
-                mio::Interest::READABLE,
-            )
-            .expect("register");
-        registry
-            .deregister(&mut mio::unix::SourceFd(&raw))
-            .expect("deregister");
-    }
-
-    fn poke_ready(&mut self, ready: usize) {
-        for fd in &self.sources[..ready] {
-            poke(fd).expect("poke");
+/// `dispatch/ready`: M always-readable eventfds, every one ready on every turn.
+pub fn ready_sources(c: &mut Criterion, peers: &[&str], build: Build) {
+    let mut group = c.benchmark_group("dispatch/ready");
+    for ready in [1, 16, 256, 1024] {
+        group.throughput(Throughput::Elements(ready as u64));
+        // The untimed pokes dominate the wall time of large turns: measure those for less.
+        let measure = if ready >= 256 { 1 } else { 2 };
+        group.measurement_time(Duration::from_secs(measure));
+        for &peer in peers {
+            let mut reactor = build(peer, sources(ready, 0).expect("eventfds")).expect(peer);
+            check_turn(peer, reactor.as_mut(), ready);
+            group.bench_with_input(BenchmarkId::new(peer, ready), &ready, |b, &ready| {
+                b.iter_custom(|iters| time_turns(reactor.as_mut(), ready, iters))
+            });
         }
     }
+    group.finish();
 }
 
-/// calloop: `Generic` sources in level mode, each with its own callback, counting into the
-/// loop's shared data.
-pub struct CalloopPeer {
-    event_loop: calloop::EventLoop<'static, u64>,
-    hits: u64,
-    sources: Vec<Rc<OwnedFd>>,
-    spare: Rc<OwnedFd>,
-}
-
-impl CalloopPeer {
-    pub fn new(fds: Vec<OwnedFd>) -> io::Result<Self> {
-        let event_loop = calloop::EventLoop::try_new().map_err(io::Error::other)?;
-        let sources: Vec<Rc<OwnedFd>> = fds.into_iter().map(Rc::new).collect();
-        for fd in &sources {
-            let source = calloop::generic::Generic::new(
-                Rc::clone(fd),
-                calloop::Interest::READ,
-                calloop::Mode::Level,
-            );
-            event_loop
-                .handle()
-                .insert_source(source, |_, _, hits: &mut u64| {
-                    *hits += 1;
-                    Ok(calloop::PostAction::Continue)
-                })
-                .map_err(|e| e.error)
-                .map_err(io::Error::other)?;
-        }
-        Ok(CalloopPeer {
-            event_loop,
-            hits: 0,
-            sources,
-            spare: Rc::new(idle_eventfd()?),
-        })
-    }
-}
-
-impl Reactor for CalloopPeer {
-    fn turn(&mut self) -> usize {
-        let before = self.hits;
-        self.event_loop
-            .dispatch(Some(Duration::ZERO), &mut self.hits)
-            .expect("dispatch");
-        (self.hits - before) as usize
-    }
-
-    fn churn(&mut self) {
-        let handle = self.event_loop.handle();
-        let source = calloop::generic::Generic::new(
-            Rc::clone(&self.spare),
-            calloop::Interest::READ,
-            calloop::Mode::Level,
-        );
-        let token = handle
-            .insert_source(source, |_, _, _: &mut u64| {
-                Ok(calloop::PostAction::Continue)
-            })
-            .map_err(|e| e.error)
-            .expect("insert_source");
-        handle.remove(token);
-    }
-
-    fn poke_ready(&mut self, ready: usize) {
-        for fd in &self.sources[..ready] {
-            poke(&**fd).expect("poke");
+/// `dispatch/one_ready_among`: one ready source among 10 or 10,000 registered idle ones.
+pub fn one_ready_among_idle(c: &mut Criterion, peers: &[&str], build: Build) {
+    let mut group = c.benchmark_group("dispatch/one_ready_among");
+    group.throughput(Throughput::Elements(1));
+    for registered in [10, 10_000] {
+        for &peer in peers {
+            let fds = sources(1, registered - 1).expect("eventfds");
+            let mut reactor = build(peer, fds).expect(peer);
+            check_turn(peer, reactor.as_mut(), 1);
+            group.bench_with_input(BenchmarkId::new(peer, registered), &registered, |b, _| {
+                b.iter_custom(|iters| time_turns(reactor.as_mut(), 1, iters))
+            });
         }
     }
+    group.finish();
+}
+
+/// `churn/register_unregister`: one source registered and unregistered again, among 0, 1,000
+/// and 10,000 other live registrations.
+pub fn register_unregister(c: &mut Criterion, peers: &[&str], build: Build) {
+    let mut group = c.benchmark_group("churn/register_unregister");
+    for live in [0, 1_000, 10_000] {
+        for &peer in peers {
+            let mut reactor = build(peer, sources(0, live).expect("eventfds")).expect(peer);
+            // A broken churn (a registration left behind) fails here, not in the numbers.
+            reactor.churn();
+            reactor.churn();
+            group.bench_with_input(BenchmarkId::new(peer, live), &live, |b, _| {
+                b.iter(|| reactor.churn())
+            });
+        }
+    }
+    group.finish();
+}
+
+/// The settings every dispatch and churn group runs with (two cores, a few minutes in all).
+pub fn config(measurement: Duration) -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(measurement)
 }

@@ -5,7 +5,7 @@ usage: callgrind_instr.py SMALL.out LARGE.out PATTERN N BINARY
 
 For every function whose name matches PATTERN, the self cost (Ir) of each instruction in
 LARGE minus SMALL, divided by N, is printed beside the instruction, with the source line
-that `objdump -d -l` attributes it to. Used by scripts/hot-path.sh.
+that `objdump -d -l` attributes it to. Used by lab/scripts/hot-path.sh.
 """
 import collections
 import os

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Tables and SVG charts for the echo benchmark (standard library only).
 
-    scripts/chart.py echo bench-results/echo-DATE.tsv [--svg bench-results/echo.svg]
-    scripts/chart.py cost bench-results/cost-DATE.tsv [--svg bench-results/cost.svg]
-    scripts/chart.py multicore bench-results/multicore-DATE.tsv
+    lab/scripts/chart.py echo lab/results/echo-DATE.tsv [--svg lab/results/echo.svg]
+    lab/scripts/chart.py cost lab/results/cost-DATE.tsv [--svg lab/results/cost.svg]
+    lab/scripts/chart.py multicore lab/results/multicore-DATE.tsv
 
 Each prints Markdown tables (pasted into BENCHMARKS.md) and writes an SVG bar chart. The TSV
-files come from scripts/echo-bench.sh and scripts/cost-per-rtt.sh.
+files come from lab/scripts/echo-bench.sh and lab/scripts/cost-per-rtt.sh.
 """
 
 import csv
@@ -195,7 +195,7 @@ def echo(path, svg):
 
     groups = [(c, [(s, ratios.get((c, s))) for s in servers]) for c in configs]
     bar_chart(
-        svg or "bench-results/echo-throughput.svg",
+        svg or "lab/results/echo-throughput.svg",
         "Echo throughput relative to the raw epoll floor (higher is better)",
         [("round trips/s ÷ floor (median of A-B-A pairs)", "ratio to floor", groups)],
     )
@@ -271,7 +271,7 @@ def cost(path, svg):
             for c in conns_list
         ]
         panels.append((title, unit, groups))
-    bar_chart(svg or "bench-results/cost-per-rtt.svg", "Echo server cost per round trip (lower is better)", panels)
+    bar_chart(svg or "lab/results/cost-per-rtt.svg", "Echo server cost per round trip (lower is better)", panels)
 
 
 def multicore(path, svg):

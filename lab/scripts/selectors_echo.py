@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""The seed's `selectors` echo server (../shared/seed/event-loop-notes.md), as a benchmark peer.
+"""The `selectors` echo server of the Python notes selreactor grew from, as a benchmark peer.
 
 Same program: one DefaultSelector, an `accept` callback for the listener and a `read` callback
 per connection, dispatched from `key.data`. Changed only so it can be measured like the other
 servers: the address comes from argv, nothing is printed per message, TCP_NODELAY is set, and
-a short write keeps the rest and waits for EVENT_WRITE (the seed's bare `send` would drop it),
-exactly the level-triggered step of examples/peer_echo.rs.
+a short write keeps the rest and waits for EVENT_WRITE (the notes' bare `send` would drop it),
+exactly the level-triggered step of lab/src/bin/peer_echo.rs.
 
-usage: scripts/selectors_echo.py HOST:PORT
+usage: lab/scripts/selectors_echo.py HOST:PORT
 """
 import selectors
 import socket

@@ -2,13 +2,13 @@
 //! every echoed byte checked.
 //!
 //! ```text
-//! cargo run --release --example echo_load -- [ADDR] [--conns N] [--size S] [--depth D]
+//! cargo run --release -p selreactor-lab --bin echo_load -- [ADDR] [--conns N] [--size S] [--depth D]
 //!     [--secs T] [--warmup W] [--rtts COUNT] [--warmup-rtts COUNT] [--sync]
 //! ```
 //!
 //! Start an echo server first (`cargo run --release --example echo -- --quiet`, or one of
-//! `examples/peer_echo.rs`); ADDR defaults to 127.0.0.1:8008. `scripts/echo-bench.sh` and
-//! `scripts/cost-per-rtt.sh` drive it.
+//! `peer_echo`'s); ADDR defaults to 127.0.0.1:8008. `lab/scripts/echo-bench.sh` and
+//! `lab/scripts/cost-per-rtt.sh` drive it.
 //!
 //! - **Timed** (default): `--warmup` seconds unrecorded, then `--secs` recorded.
 //! - **Counted** (`--rtts COUNT`): exactly COUNT messages are sent over all connections and all
@@ -20,7 +20,7 @@
 //!   replacements. Under valgrind the server runs ~50× slower than the client, so the client's
 //!   next message would already be waiting when the server finishes a write, and a server that
 //!   reads until `WouldBlock` would skip waits it makes natively. A pause longer than the
-//!   server's per-message time restores the native order of events (`scripts/cost-per-rtt.sh`).
+//!   server's per-message time restores the native order of events (`lab/scripts/cost-per-rtt.sh`).
 //!
 //! A round trip is one message echoed back in full; its latency runs from the moment the
 //! message was handed to `write` to the moment its last byte was read. Each connection's stream
@@ -31,14 +31,10 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
-#[path = "support/epoll.rs"]
-mod epoll;
-
-use epoll::{is_readable, is_writable, Epoll};
+use rustix::event::epoll::Event;
+use selreactor_lab::epoll::{is_readable, is_writable, token, Epoll};
 
 /// The pattern's period: prime, so it never lines up with a message or buffer size.
 const PERIOD: usize = 65_521;
@@ -167,7 +163,7 @@ struct Load<'a> {
     pattern: Pattern,
     poll: Epoll,
     conns: Vec<Conn>,
-    events: Vec<libc::epoll_event>,
+    events: Vec<Event>,
     buf: Vec<u8>,
     /// Messages that may still be sent in this phase (`u64::MAX` in timed mode until the end).
     budget: u64,
@@ -199,7 +195,7 @@ impl<'a> Load<'a> {
             let stream = connect(options.addr)?;
             stream.set_nodelay(true)?;
             stream.set_nonblocking(true)?;
-            poll.add(stream.as_raw_fd(), index as u64, true, false)?;
+            poll.add(&stream, index as u64, true, false)?;
             conns.push(Conn {
                 stream,
                 sent: 0,
@@ -277,8 +273,8 @@ impl<'a> Load<'a> {
         let want_write = !conn.out.is_empty();
         if want_write != conn.want_write {
             conn.want_write = want_write;
-            let fd = conn.stream.as_raw_fd();
-            self.poll.modify(fd, index as u64, true, want_write)?;
+            self.poll
+                .modify(&conn.stream, index as u64, true, want_write)?;
         }
         Ok(())
     }
@@ -355,7 +351,7 @@ impl<'a> Load<'a> {
                 ));
             }
             for event in &events {
-                let index = event.u64 as usize;
+                let index = token(event) as usize;
                 if is_writable(event) && self.conns[index].want_write {
                     self.flush(index)?;
                 }

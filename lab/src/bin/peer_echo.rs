@@ -1,16 +1,16 @@
-//! The echo benchmark's peer servers: the same echo as `examples/echo.rs`, written the way each
-//! library is meant to be used, plus a raw level-triggered epoll floor.
+//! The echo benchmark's peer servers: the same echo as the crate's `examples/echo.rs`, written
+//! the way each library is meant to be used, plus a raw level-triggered epoll floor.
 //!
 //! ```text
-//! cargo run --release --example peer_echo -- <epoll|selreactor|polling|mio|tokio|calloop> [ADDR]
+//! cargo run --release -p selreactor-lab --bin peer_echo -- <epoll|selreactor|polling|mio|tokio|calloop> [ADDR]
 //! ```
 //!
 //! `ADDR` defaults to 127.0.0.1:8008. Each server accepts any number of connections and echoes
 //! whatever arrives. When a write is partial, the rest is kept and the connection stops reading
 //! until it is flushed (so a client that never reads cannot grow the server's memory). A read of
 //! 0 or an error closes the connection. Nothing is logged per connection. Stop it with Ctrl-C.
-//! `scripts/echo-bench.sh` and `scripts/cost-per-rtt.sh` run these against
-//! `examples/echo_load.rs`; BENCHMARKS.md has the results.
+//! `lab/scripts/echo-bench.sh` and `lab/scripts/cost-per-rtt.sh` run these against
+//! `echo_load`; BENCHMARKS.md has the results.
 //!
 //! - `epoll`: the floor: one `epoll_wait`, then per ready connection one read and one write.
 //! - `selreactor`: the floor's exact I/O (the same `echo_step`) as selreactor callbacks, to
@@ -24,11 +24,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-
-#[allow(dead_code)]
-#[path = "support/epoll.rs"]
-mod epoll;
 
 /// Read size for every server: it holds a whole 4 KiB message, and several 64 B ones.
 const BUF_SIZE: usize = 16 * 1024;
@@ -125,7 +120,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 mod epoll_floor {
     use super::*;
-    use crate::epoll::{is_readable, is_writable, Epoll};
+    use selreactor_lab::epoll::{is_readable, is_writable, token, Epoll};
 
     struct Conn {
         stream: TcpStream,
@@ -137,19 +132,19 @@ mod epoll_floor {
     pub(super) fn serve(addr: SocketAddr) -> io::Result<()> {
         let listener = bind(addr)?;
         let poll = Epoll::new()?;
-        poll.add(listener.as_raw_fd(), LISTENER, true, false)?;
+        poll.add(&listener, LISTENER, true, false)?;
         let mut conns: slab::Slab<Conn> = slab::Slab::new();
         let mut events = Vec::with_capacity(1024);
         let mut buf = vec![0; BUF_SIZE];
         loop {
             poll.wait(&mut events, None)?;
             for event in &events {
-                let token = event.u64;
+                let token = token(event);
                 if token == LISTENER {
                     // Level-triggered: one accept per wake-up; more wake it again.
                     if let Some(stream) = accept_nonblocking(&listener)? {
                         let slot = conns.vacant_entry();
-                        poll.add(stream.as_raw_fd(), slot.key() as u64, true, false)?;
+                        poll.add(&stream, slot.key() as u64, true, false)?;
                         slot.insert(Conn {
                             stream,
                             pending: Vec::new(),
@@ -168,14 +163,10 @@ mod epoll_floor {
                 match echo_step(&conn.stream, &mut conn.pending, &mut buf) {
                     Next::Close => {
                         let conn = conns.remove(index);
-                        poll.delete(conn.stream.as_raw_fd())?;
+                        poll.delete(&conn.stream)?;
                     }
-                    Next::Write if !was_writing => {
-                        poll.modify(conn.stream.as_raw_fd(), token, false, true)?
-                    }
-                    Next::Read if was_writing => {
-                        poll.modify(conn.stream.as_raw_fd(), token, true, false)?
-                    }
+                    Next::Write if !was_writing => poll.modify(&conn.stream, token, false, true)?,
+                    Next::Read if was_writing => poll.modify(&conn.stream, token, true, false)?,
                     _ => {}
                 }
             }

@@ -1,23 +1,20 @@
 //! Deterministic costs, for a machine too noisy for timings: user-space instructions per
 //! dispatched event (valgrind's callgrind) and syscalls per turn (strace), for selreactor and
-//! the same peers as `benches/dispatch.rs` and `benches/churn.rs`, on the same workloads.
+//! the same peers as the lab's `dispatch` and `churn` benches, on the same workloads.
 //!
 //! Each figure is the difference between two runs of the same child process that differ only
 //! in how many turns they make, divided by the extra turns (and by the events per turn), so
 //! start-up and registration cancel out. The untimed eventfd pokes every peer gets before each
-//! turn (see `common/mod.rs`) are measured alone the same way and subtracted.
+//! turn (see `benches/common/mod.rs` at the root) are measured alone the same way and subtracted.
 //!
-//! Run: `cargo bench --bench instructions` (a few minutes; needs `valgrind`, and `strace` for
-//! the syscall column). `cargo bench --bench instructions -- ready/1` runs only the matching
+//! Run: `cargo bench -p selreactor-lab --bench instructions` (a few minutes; needs `valgrind`, and `strace` for
+//! the syscall column). `cargo bench -p selreactor-lab --bench instructions -- ready/1` runs only the matching
 //! scenarios.
-
-#[path = "common/mod.rs"]
-mod common;
 
 use std::io;
 use std::process::Command;
 
-use common::{build, check_turn, sources, Reactor, PEERS};
+use selreactor_lab::peers::{build_any, check_turn, sources, Reactor, ALL_PEERS};
 
 /// The peer name of the baseline that only pokes.
 const POKES_ONLY: &str = "pokes-only";
@@ -86,7 +83,7 @@ impl Scenario {
 fn child(scenario: Scenario, peer: &str, turns: u64) -> io::Result<()> {
     let (ready, idle) = scenario.population();
     let name = if peer == POKES_ONLY { "epoll" } else { peer };
-    let mut reactor = build(name, sources(ready, idle)?)?;
+    let mut reactor = build_any(name, sources(ready, idle)?)?;
     if scenario.ready() > 0 {
         check_turn(name, reactor.as_mut(), scenario.ready());
     }
@@ -228,7 +225,7 @@ fn main() -> io::Result<()> {
             (0.0, 0.0)
         };
         let mut ours = None;
-        for peer in PEERS {
+        for peer in ALL_PEERS {
             let instructions =
                 (per_turn(Tool::Callgrind, scenario, peer)? - poke_instructions) / events;
             let ours = *ours.get_or_insert(instructions);

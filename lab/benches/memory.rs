@@ -7,80 +7,27 @@
 //! calloop. Only the process's user-space memory is seen here: the kernel's own cost per epoll
 //! watch and per socket is not in VmRSS.
 //!
-//! Run: `cargo bench --bench memory` (a few seconds). It prints two tables.
+//! Run: `cargo bench -p selreactor-lab --bench memory` (a few seconds). It prints two tables.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Command;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use rustix::event::{eventfd, EventfdFlags};
+use selreactor_lab::counting::Counting;
 use slab::Slab;
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 /// Registrations per heap measurement: a power of two, so every slab's `Vec` is exactly full
 /// and the figure has no growth slack in it.
 const HEAP_REGISTRATIONS: usize = 8192;
 /// Connections per resident-memory measurement; 2 descriptors each, under the 20,000 limit.
 const RSS_CONNECTIONS: usize = 5000;
-
-/// Counts the bytes and allocations live in the process; the system allocator does the work.
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's own arguments, so `System`'s
-// guarantees are passed through unchanged; the counters only observe sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator (so from `System`) with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        new
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-#[derive(Clone, Copy)]
-struct HeapSnapshot {
-    bytes: isize,
-    allocations: usize,
-}
-
-fn heap() -> HeapSnapshot {
-    HeapSnapshot {
-        bytes: LIVE_BYTES.load(Ordering::Relaxed),
-        allocations: ALLOCATIONS.load(Ordering::Relaxed),
-    }
-}
 
 fn idle_eventfd() -> io::Result<OwnedFd> {
     Ok(eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?)
@@ -94,11 +41,11 @@ fn heap_per_registration(
 ) -> (f64, f64) {
     let count = fds.len();
     let mut fds = fds.into_iter();
-    let before = heap();
+    let before = Counting::snapshot();
     for fd in fds.by_ref() {
         register(fd).expect("register");
     }
-    let after = heap();
+    let after = Counting::snapshot();
     drop(fds);
     (
         (after.bytes - before.bytes) as f64 / count as f64,
@@ -377,6 +324,7 @@ fn main() -> io::Result<()> {
     if args.iter().any(|a| a == "--test" || a == "--list") {
         return Ok(()); // `cargo test --benches` and friends: nothing to check quickly here
     }
+    Counting::start();
     heap_table()?;
     rss_table()
 }

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # End-to-end echo benchmark: selreactor's examples/echo.rs against mio, tokio current-thread,
-# calloop, raw polling and a raw level-triggered epoll floor (examples/peer_echo.rs), driven by
-# examples/echo_load.rs.
+# calloop, raw polling and a raw level-triggered epoll floor (lab/src/bin/peer_echo.rs), driven by
+# lab/src/bin/echo_load.rs.
 #
-# usage: scripts/echo-bench.sh            (about 12 minutes with the defaults)
+# usage: lab/scripts/echo-bench.sh            (about 12 minutes with the defaults)
 # env:   ROUNDS=3 SECS=3 WARMUP=0.5 DEPTH=1 CONFIGS="1:64 16:64 256:64 64:4096" (conns:bytes)
 #        SERVERS="..." (default: all but the floor, which always runs)  MULTICORE=1 (0: skip)
-#        OUT_DIR=bench-results  CARGO_TARGET_DIR
+#        OUT_DIR=lab/results  CARGO_TARGET_DIR
 #
 # Each server runs pinned to CPU 0 and the client to CPU 1 (taskset). For each configuration
 # and round, the floor runs before and after every other server (F A F B F ...), and the
 # order of the others rotates from round to round, so drift and neighbours' load hit every
 # server alike. Results: $OUT_DIR/echo.tsv (every run) and Markdown tables from
-# scripts/chart.py, which also draws $OUT_DIR/echo-throughput.svg. With MULTICORE=1 it then
+# lab/scripts/chart.py, which also draws $OUT_DIR/echo-throughput.svg. With MULTICORE=1 it then
 # runs examples/echo_reuseport.rs with 1 and 2 threads ($OUT_DIR/multicore.tsv).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/echo-servers.sh
+cd "$(dirname "$0")/../.."
+source lab/scripts/echo-servers.sh
 
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-3}
@@ -25,7 +25,7 @@ DEPTH=${DEPTH:-1}
 CONFIGS=${CONFIGS:-"1:64 16:64 256:64 64:4096"}
 SERVERS=${SERVERS:-"selreactor selreactor-step polling mio tokio calloop python"}
 MULTICORE=${MULTICORE:-1}
-OUT_DIR=${OUT_DIR:-bench-results}
+OUT_DIR=${OUT_DIR:-lab/results}
 PORT=${PORT:-18400}
 mkdir -p "$OUT_DIR"
 
@@ -91,7 +91,7 @@ for config in $CONFIGS; do
 done
 
 echo "echo runs took $(($(date -u +%s) - started)) s; machine: $(nproc) CPUs, $(uname -r)" >&2
-python3 scripts/chart.py echo "$TSV" --svg "$OUT_DIR/echo-throughput.svg"
+python3 lab/scripts/chart.py echo "$TSV" --svg "$OUT_DIR/echo-throughput.svg"
 
 if [ "$MULTICORE" = 1 ]; then
     MC="$OUT_DIR/multicore.tsv"
@@ -101,11 +101,11 @@ if [ "$MULTICORE" = 1 ]; then
             # One thread has CPU 0 to itself; two threads get both CPUs, and so share CPU 1
             # with the client: on a two-CPU machine there is no free CPU to scale into.
             cpus=$([ "$threads" = 1 ] && echo 0 || echo 0,1)
-            line=$(one_run "$cpus" 64 64 "$BIN_DIR/echo_reuseport" --threads "$threads")
+            line=$(one_run "$cpus" 64 64 "$EXAMPLE_DIR/echo_reuseport" --threads "$threads")
             printf '%s\t%s\t%s\t64\t%s\t%s\t%s\n' "$round" "$threads" "$cpus" \
                 "$(field rtt_per_sec "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" >>"$MC"
             printf 'reuseport round %s threads %s: %s\n' "$round" "$threads" "$line" >&2
         done
     done
-    python3 scripts/chart.py multicore "$MC"
+    python3 lab/scripts/chart.py multicore "$MC"
 fi

@@ -19,18 +19,17 @@
 //!   cancelling is a `Box::pin(sleep_until(d))` polled once (which enters it in the timer wheel)
 //!   and then dropped, the bare timer without a task, which favours tokio.
 //!
-//! `SELREACTOR_TIMER_MEMORY=1 cargo bench --bench timers` prints the heap bytes each peer keeps
+//! `SELREACTOR_TIMER_MEMORY=1 cargo bench -p selreactor-lab --bench timers` prints the heap bytes each peer keeps
 //! per pending timer (a counting allocator, 100,000 timers) instead of benchmarking.
 //!
-//! Run: `cargo bench --bench timers` (about three minutes on two cores).
+//! Run: `cargo bench -p selreactor-lab --bench timers` (about three minutes on two cores).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -39,6 +38,7 @@ use calloop::timer::{TimeoutAction, Timer};
 use calloop::{EventLoop, RegistrationToken};
 use criterion::{criterion_group, BenchmarkId, Criterion, SamplingMode, Throughput};
 use selreactor::{Selector, TimerKey};
+use selreactor_lab::counting::Counting;
 
 const PEERS: [&str; 3] = ["selreactor", "calloop", "tokio"];
 const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
@@ -312,53 +312,16 @@ fn schedule_cancel(c: &mut Criterion) {
 
 // --- memory per pending timer ---
 
-/// Counts live heap bytes while `COUNTING` is set; otherwise a plain pass-through.
-struct CountingAlloc;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to `System`; the counters only observe sizes.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if COUNTING.load(Ordering::Relaxed) {
-            LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: `ptr` came from `alloc`/`realloc` above, which got it from `System`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        // SAFETY: as for `dealloc`, and the caller upholds `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: CountingAlloc = CountingAlloc;
+static ALLOCATOR: Counting = Counting;
 
 /// Heap bytes still allocated after `schedule` ran, divided by `n` (the live structure is kept
 /// until after the count by returning it).
 fn bytes_per_timer<T>(n: usize, schedule: impl FnOnce() -> T) -> f64 {
-    LIVE_BYTES.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
+    Counting::start();
     let kept = schedule();
-    COUNTING.store(false, Ordering::SeqCst);
-    let bytes = LIVE_BYTES.load(Ordering::SeqCst);
+    Counting::stop();
+    let bytes = Counting::snapshot().bytes;
     drop(black_box(kept));
     bytes as f64 / n as f64
 }

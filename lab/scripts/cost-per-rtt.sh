@@ -10,18 +10,18 @@
 #                     and teardown cancel out. The client pauses --think-us between batches so
 #                     that the slowed-down server meets the same order of events as natively.
 #
-# usage: scripts/cost-per-rtt.sh [SERVER...]     (default: all; see scripts/echo-servers.sh)
+# usage: lab/scripts/cost-per-rtt.sh [SERVER...]     (default: all; see lab/scripts/echo-servers.sh)
 # env:   CONNS="1 16"  RTTS_1=100000 RTTS_16=200000  CG_N1=500 CG_N2=2500 (per connection)
-#        SKIP_CALLGRIND=1  OUT=bench-results/cost.tsv (chart: OUT minus .tsv, plus -per-rtt.svg)
+#        SKIP_CALLGRIND=1  OUT=lab/results/cost.tsv (chart: OUT minus .tsv, plus -per-rtt.svg)
 # Server on CPU 0, client on CPU 1 (taskset). Loopback only. Prints a table at the end.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/echo-servers.sh
+cd "$(dirname "$0")/../.."
+source lab/scripts/echo-servers.sh
 
 SERVERS=${*:-$ALL_SERVERS}
 CONNS=${CONNS:-"1 16"}
 PORT=${PORT:-18300}
-OUT=${OUT:-bench-results/cost.tsv}
+OUT=${OUT:-lab/results/cost.tsv}
 CG_N1=${CG_N1:-500}
 CG_N2=${CG_N2:-2500}
 THINK_US=${THINK_US:-500}
@@ -148,4 +148,4 @@ for conns in $CONNS; do
     done
 done
 echo "wrote $OUT" >&2
-python3 scripts/chart.py cost "$OUT" --svg "${OUT%.tsv}-per-rtt.svg"
+python3 lab/scripts/chart.py cost "$OUT" --svg "${OUT%.tsv}-per-rtt.svg"

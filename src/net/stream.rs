@@ -1,0 +1,126 @@
+//! What a transport drives: a non-blocking byte stream, readable, writable or both.
+
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+use socket2::SockRef;
+
+/// A byte-stream descriptor a [`Transport`](super::Transport) can drive: a socket, or one end
+/// of a pipe.
+///
+/// Methods take `&self`, as the selector lends its sources. A read-only end (a child's stdout)
+/// sets [`CAN_WRITE`](ByteStream::CAN_WRITE) to `false` and keeps the default `write`; a
+/// write-only end (a child's stdin) does the reverse. The transport never calls what a stream
+/// says it cannot do.
+///
+/// Implemented for [`TcpStream`] and [`UnixStream`], whose writes pass `MSG_NOSIGNAL` (where the
+/// OS has it), so writing to a peer that has gone never raises `SIGPIPE`.
+pub trait ByteStream: AsFd + 'static {
+    /// Whether the stream can be read: the transport reads it and calls
+    /// [`Protocol::data`](super::Protocol::data).
+    const CAN_READ: bool = true;
+    /// Whether the stream can be written: [`Transport::write`](super::Transport::write) works.
+    const CAN_WRITE: bool = true;
+
+    /// Puts the descriptor in non-blocking mode (the transport does, before it registers it).
+    ///
+    /// # Errors
+    ///
+    /// The OS's.
+    fn set_nonblocking(&self) -> io::Result<()>;
+
+    /// Reads what is there, as [`Read::read`] does; `Ok(0)` is end of stream.
+    ///
+    /// # Errors
+    ///
+    /// The OS's; `WouldBlock` when nothing is there. The default is `Unsupported`.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let _ = buf;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Writes what the descriptor takes now, as [`Write::write`](io::Write::write) does.
+    ///
+    /// # Errors
+    ///
+    /// The OS's; `WouldBlock` when it takes nothing. The default is `Unsupported`.
+    fn write(&self, data: &[u8]) -> io::Result<usize> {
+        let _ = data;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Ends the writing direction only (`shutdown(SHUT_WR)` on a socket), so the peer reads end
+    /// of stream while it can still send.
+    ///
+    /// # Errors
+    ///
+    /// The OS's. The default is `Unsupported`: the transport then closes the stream instead,
+    /// once its output is flushed (what ending a pipe's only direction means).
+    fn shutdown_write(&self) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// `send(2)` flags that keep a write to a vanished peer from raising `SIGPIPE`.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+/// Elsewhere Rust's runtime ignores `SIGPIPE` in every binary it starts.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)))]
+const SEND_FLAGS: libc::c_int = 0;
+
+/// Sends on any socket without the risk of `SIGPIPE`.
+pub(crate) fn send(socket: &impl AsFd, data: &[u8]) -> io::Result<usize> {
+    SockRef::from(socket).send_with_flags(data, SEND_FLAGS)
+}
+
+impl ByteStream for TcpStream {
+    fn set_nonblocking(&self) -> io::Result<()> {
+        TcpStream::set_nonblocking(self, true)
+    }
+
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(&mut &*self, buf)
+    }
+
+    fn write(&self, data: &[u8]) -> io::Result<usize> {
+        send(self, data)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl ByteStream for UnixStream {
+    fn set_nonblocking(&self) -> io::Result<()> {
+        UnixStream::set_nonblocking(self, true)
+    }
+
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(&mut &*self, buf)
+    }
+
+    fn write(&self, data: &[u8]) -> io::Result<usize> {
+        send(self, data)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
