@@ -105,10 +105,16 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! That is the core: readiness and callbacks, with the buffering left to you. The [`net`] module
+//! builds the rest on it, as asyncio's transports and protocols do: a [`Protocol`](net::Protocol)
+//! per connection receives data and writes through a [`Transport`](net::Transport) that
+//! buffers what the socket does not take, applies flow control, half-closes, and accepts with
+//! the out-of-descriptors pause above; its page has the same echo server in a dozen lines.
+//!
 //! The repository's `examples/` directory has complete programs, each with a header saying how
-//! to run it and what to try: `echo` (the server above with back-pressure limits, fair accepting
-//! and graceful shutdown on SIGINT/SIGTERM), `timers`, `round_robin`, `select_loop`, `downloads`
-//! and `echo_reuseport` (one selector per thread on a shared port). Run one with
+//! to run it and what to try: `echo` and `chat` (servers on [`net`]), `select_loop` (a
+//! per-connection state machine on the core), `timers`, `round_robin`, `downloads` and
+//! `echo_reuseport` (one selector per thread on a shared port). Run one with
 //! `cargo run --example echo`.
 //!
 //! # The contract

@@ -1,30 +1,21 @@
 //! The examples, run as a user runs them: each built binary (`cargo test` builds them next to
 //! the test binaries, in `target/<profile>/examples/`) is started as a process, driven over
-//! loopback, and its output checked.
+//! loopback, and its output checked. The echo and chat servers have suites of their own.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+#[path = "util/example.rs"]
+mod example;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The built example `name`.
-fn example(name: &str) -> Command {
-    // The test binary is target/<profile>/deps/examples-<hash>; examples sit in
-    // target/<profile>/examples/.
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path: PathBuf = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples (or run `cargo build --examples`)",
-        path.display()
-    );
-    let mut command = Command::new(path);
+use example::Example;
+
+/// The built example `name`, ready to be given arguments.
+fn command(name: &str) -> Command {
+    let mut command = Command::new(example::binary(name).expect("the example's binary"));
     command.stdin(Stdio::null());
     command
 }
@@ -56,60 +47,10 @@ fn stdout_lines(output: &Output) -> Vec<String> {
         .collect()
 }
 
-/// A server example running in the background; killed when dropped, so a failing test never
-/// leaves it behind.
-struct Server {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(mut command: Command) -> Server {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the example");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Server { child, stdout }
-    }
-
-    /// The next line the server prints (its first one says where it listens).
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("read the server's output");
-        line.trim_end().to_owned()
-    }
-
-    /// The address in a first line that ends with it ("serving on 127.0.0.1:40123").
-    fn address(&mut self) -> SocketAddr {
-        let line = self.line();
-        let addr = line.rsplit(' ').next().unwrap_or_default();
-        addr.parse()
-            .unwrap_or_else(|_| panic!("no address at the end of {line:?}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect(addr)?;
-    // A server that stops answering fails the test rather than hanging it.
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    Ok(stream)
-}
-
 #[test]
 fn timers_prints_the_counter_every_tenth_and_the_clock_at_start() {
     let start = Instant::now();
-    let mut timers = example("timers");
+    let mut timers = command("timers");
     timers.args(["--secs", "0.35"]);
     let output = finish(timers, 60);
     let elapsed = start.elapsed();
@@ -127,7 +68,7 @@ fn timers_prints_the_counter_every_tenth_and_the_clock_at_start() {
 
 #[test]
 fn timers_rejects_a_bad_argument_with_usage() {
-    let mut timers = example("timers");
+    let mut timers = command("timers");
     timers.args(["--secs", "soon"]);
     let output = finish(timers, 60);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
@@ -136,7 +77,7 @@ fn timers_rejects_a_bad_argument_with_usage() {
 
 #[test]
 fn round_robin_interleaves_the_two_tasks() {
-    let output = finish(example("round_robin"), 60);
+    let output = finish(command("round_robin"), 60);
     assert!(output.status.success(), "{output:?}");
     let expected = [
         "'a'", "0", "'n'", "1", "'y'", "2", "' '", "3", "'s'", "4", "'t'", "5", "'r'", "6", "'i'",
@@ -147,14 +88,11 @@ fn round_robin_interleaves_the_two_tasks() {
 
 #[test]
 fn select_loop_answers_every_request_of_concurrent_clients() {
-    let mut select_loop = example("select_loop");
-    select_loop.arg("127.0.0.1:0");
-    let mut server = Server::start(select_loop);
-    let addr = server.address();
+    let mut server = Example::start("select_loop", &["127.0.0.1:0"]).expect("start select_loop");
     let clients: Vec<_> = (0..5)
         .map(|_| {
-            thread::spawn(move || -> io::Result<()> {
-                let mut stream = connect(addr)?;
+            let mut stream = server.connect().expect("connect");
+            thread::spawn(move || {
                 for i in 0..3 {
                     stream.write_all(format!("request {i}\n").as_bytes())?;
                     let mut reply = [0; 12];
@@ -166,7 +104,7 @@ fn select_loop_answers_every_request_of_concurrent_clients() {
                 let mut rest = Vec::new();
                 stream.read_to_end(&mut rest)?;
                 assert!(rest.is_empty(), "unasked-for bytes: {rest:?}");
-                Ok(())
+                Ok::<(), std::io::Error>(())
             })
         })
         .collect();
@@ -175,20 +113,22 @@ fn select_loop_answers_every_request_of_concurrent_clients() {
     }
     // It logged each connection and is still serving.
     for _ in 0..5 {
-        assert!(server.line().starts_with("connection from 127.0.0.1:"));
+        server
+            .wait_for_line("connection from 127.0.0.1:")
+            .expect("a log line per connection");
     }
     assert!(server.child.try_wait().expect("wait").is_none());
 }
 
 #[test]
 fn select_loop_help_and_a_bad_address() {
-    let mut help = example("select_loop");
+    let mut help = command("select_loop");
     help.arg("--help");
     let output = finish(help, 60);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: select_loop"));
 
-    let mut bad = example("select_loop");
+    let mut bad = command("select_loop");
     bad.arg("not-an-address");
     let output = finish(bad, 60);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
@@ -198,7 +138,7 @@ fn select_loop_help_and_a_bad_address() {
 #[test]
 fn downloads_overlap_ten_downloads() {
     let delay = Duration::from_millis(1000);
-    let mut downloads = example("downloads");
+    let mut downloads = command("downloads");
     downloads.args(["--delay-ms", "1000"]);
     let output = finish(downloads, 120);
     assert!(output.status.success(), "{output:?}");
@@ -226,47 +166,14 @@ fn downloads_overlap_ten_downloads() {
 }
 
 #[test]
-fn echo_on_port_zero_says_the_port_it_got_and_stops_on_sigterm() {
-    let mut echo = example("echo");
-    echo.arg("127.0.0.1:0");
-    let mut server = Server::start(echo);
-    let addr = server.address();
-    assert_ne!(addr.port(), 0);
-    let mut stream = connect(addr).expect("connect");
-    stream.write_all(b"hello\n").expect("write");
-    let mut echoed = [0; 6];
-    stream.read_exact(&mut echoed).expect("read the echo");
-    assert_eq!(&echoed, b"hello\n");
-    drop(stream);
-
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "echo did not stop on SIGTERM");
-        thread::sleep(Duration::from_millis(10));
-    };
-    assert!(exit.success(), "{exit:?}");
-    let mut rest = String::new();
-    server.stdout.read_to_string(&mut rest).expect("read");
-    assert!(rest.contains("echo: served "), "{rest:?}");
-}
-
-#[test]
 fn echo_reuseport_help_exits_zero_and_errors_read_as_sentences() {
-    let mut help = example("echo_reuseport");
+    let mut help = command("echo_reuseport");
     help.arg("--help");
     let output = finish(help, 60);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: echo_reuseport"));
 
-    let mut bad = example("echo_reuseport");
+    let mut bad = command("echo_reuseport");
     bad.arg("1.2.3");
     let output = finish(bad, 60);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
