@@ -111,11 +111,15 @@
 //! buffers what the socket does not take, applies flow control, half-closes, and accepts with
 //! the out-of-descriptors pause above; its page has the same echo server in a dozen lines.
 //!
+//! [`process`] runs child processes with their pipes as transports, and, with the default
+//! `async` feature, `task` runs async/await tasks on the same loop, beside the callbacks.
+//!
 //! The repository's `examples/` directory has complete programs, each with a header saying how
-//! to run it and what to try: `echo` and `chat` (servers on [`net`]), `select_loop` (a
-//! per-connection state machine on the core), `timers`, `round_robin`, `downloads` and
-//! `echo_reuseport` (one selector per thread on a shared port). Run one with
-//! `cargo run --example echo`.
+//! to run it and what to try: servers on [`net`] (`echo`, `chat`, `udp_echo`), on the bare
+//! core (`select_loop`, `echo_reuseport`: one selector per thread on a shared port) and as
+//! tasks (`async_echo`); time (`timers`, `async_timers`), deferred calls (`round_robin`),
+//! concurrent clients (`downloads`, `async_downloads`), `coroutines` and `subprocess`. Run one
+//! with `cargo run --example echo`.
 //!
 //! # The contract
 //!

@@ -7,44 +7,17 @@ mod example;
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use example::Example;
+use example::{command, stdout_lines, Example};
 
-/// The built example `name`, ready to be given arguments.
-fn command(name: &str) -> Command {
-    let mut command = Command::new(example::binary(name).expect("the example's binary"));
-    command.stdin(Stdio::null());
-    command
-}
+/// How long an example that ends by itself may take before the test gives up on it.
+const LIMIT: Duration = Duration::from_secs(60);
 
-/// Runs an example to completion; `secs` is a generous bound after which it is killed and the
-/// test fails instead of hanging.
-fn finish(mut command: Command, secs: u64) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the example");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the example did not finish within {secs} s");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("collect the output")
-}
-
-fn stdout_lines(output: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+fn finish(mut command: Command) -> Output {
+    example::finish(&mut command, LIMIT)
 }
 
 #[test]
@@ -52,7 +25,7 @@ fn timers_prints_the_counter_every_tenth_and_the_clock_at_start() {
     let start = Instant::now();
     let mut timers = command("timers");
     timers.args(["--secs", "0.35"]);
-    let output = finish(timers, 60);
+    let output = finish(timers);
     let elapsed = start.elapsed();
     assert!(output.status.success(), "{output:?}");
     assert!(elapsed >= Duration::from_millis(350), "{elapsed:?}");
@@ -70,14 +43,14 @@ fn timers_prints_the_counter_every_tenth_and_the_clock_at_start() {
 fn timers_rejects_a_bad_argument_with_usage() {
     let mut timers = command("timers");
     timers.args(["--secs", "soon"]);
-    let output = finish(timers, 60);
+    let output = finish(timers);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("usage: timers"));
 }
 
 #[test]
 fn round_robin_interleaves_the_two_tasks() {
-    let output = finish(command("round_robin"), 60);
+    let output = finish(command("round_robin"));
     assert!(output.status.success(), "{output:?}");
     let expected = [
         "'a'", "0", "'n'", "1", "'y'", "2", "' '", "3", "'s'", "4", "'t'", "5", "'r'", "6", "'i'",
@@ -124,13 +97,13 @@ fn select_loop_answers_every_request_of_concurrent_clients() {
 fn select_loop_help_and_a_bad_address() {
     let mut help = command("select_loop");
     help.arg("--help");
-    let output = finish(help, 60);
+    let output = finish(help);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: select_loop"));
 
     let mut bad = command("select_loop");
     bad.arg("not-an-address");
-    let output = finish(bad, 60);
+    let output = finish(bad);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("select_loop: not-an-address: "));
 }
@@ -140,7 +113,7 @@ fn downloads_overlap_ten_downloads() {
     let delay = Duration::from_millis(1000);
     let mut downloads = command("downloads");
     downloads.args(["--delay-ms", "1000"]);
-    let output = finish(downloads, 120);
+    let output = finish(downloads);
     assert!(output.status.success(), "{output:?}");
     let lines = stdout_lines(&output);
     assert_eq!(lines.len(), 11, "{lines:?}");
@@ -169,13 +142,13 @@ fn downloads_overlap_ten_downloads() {
 fn echo_reuseport_help_exits_zero_and_errors_read_as_sentences() {
     let mut help = command("echo_reuseport");
     help.arg("--help");
-    let output = finish(help, 60);
+    let output = finish(help);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: echo_reuseport"));
 
     let mut bad = command("echo_reuseport");
     bad.arg("1.2.3");
-    let output = finish(bad, 60);
+    let output = finish(bad);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -183,4 +156,69 @@ fn echo_reuseport_help_exits_zero_and_errors_read_as_sentences() {
         "{stderr}"
     );
     assert!(!stderr.contains("Custom {"), "Debug form: {stderr}");
+}
+
+#[test]
+fn subprocess_labels_each_line_and_ends_with_how_the_child_ended() {
+    let mut run = command("subprocess");
+    run.args(["sh", "-c", "echo out; echo err >&2; printf partial; exit 3"]);
+    let output = finish(run);
+    assert!(output.status.success(), "{output:?}");
+    let mut lines = stdout_lines(&output);
+    let last = lines.pop();
+    // The two streams interleave as the child wrote them; the end comes after both.
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "[stderr] err",
+            "[stdout] out",
+            "[stdout] partial (no newline at the end)"
+        ]
+    );
+    assert_eq!(last.as_deref(), Some("exited with code 3"));
+
+    let mut killed = command("subprocess");
+    killed.args(["sh", "-c", "kill -KILL $$"]);
+    let output = finish(killed);
+    assert_eq!(stdout_lines(&output), ["killed by signal 9"], "{output:?}");
+
+    let mut missing = command("subprocess");
+    missing.arg("/nonexistent/program");
+    let output = finish(missing);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("subprocess: /nonexistent/program: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn udp_echo_sends_each_datagram_back_to_its_sender_and_stops_on_sigterm() {
+    use std::net::UdpSocket;
+
+    let echo = Example::start("udp_echo", &["127.0.0.1:0"]).expect("start udp_echo");
+    let client = || {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a client");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        socket
+    };
+    let (alice, bob) = (client(), client());
+    alice.send_to(b"from alice", echo.addr).expect("send");
+    bob.send_to(b"from bob", echo.addr).expect("send");
+    let mut buf = [0; 64];
+    for (socket, sent) in [(&alice, &b"from alice"[..]), (&bob, &b"from bob"[..])] {
+        let (n, from) = socket.recv_from(&mut buf).expect("the echo");
+        assert_eq!((&buf[..n], from), (sent, echo.addr));
+    }
+    let (status, rest) = echo.signal_and_wait(libc::SIGTERM).expect("stop it");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        rest.iter()
+            .any(|line| line == "echoed 2 datagrams, dropped 0"),
+        "{rest:?}"
+    );
 }
