@@ -301,6 +301,44 @@ pub fn model_runner(normal: u32, reduced: u32) -> (proptest::test_runner::TestRu
     (TestRunner::new_with_rng(config, rng), cases)
 }
 
+/// A one-shot signal for async tests: `open` (from any thread) completes every `wait` (the
+/// waiter's waker is woken from the opening thread, as a real cross-thread wake would be).
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<Mutex<(bool, Option<std::task::Waker>)>>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    pub fn open(&self) {
+        let waker = {
+            let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            state.0 = true;
+            state.1.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.0 {
+                return std::task::Poll::Ready(());
+            }
+            state.1 = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
 /// Runs `op` again while it fails with `Interrupted`, for up to `limit` in all.
 ///
 /// A blocking socket call with a timeout (`SO_RCVTIMEO`, `SO_SNDTIMEO`) returns `EINTR` when
@@ -355,4 +393,25 @@ pub fn join_all<T>(threads: Vec<JoinHandle<io::Result<T>>>, limit: Duration) -> 
         }
     }
     Ok(results.into_iter().map(|r| r.expect("joined")).collect())
+}
+
+/// This process's children in state Z (exited, not reaped), from procfs.
+pub fn zombies() -> io::Result<usize> {
+    let me = std::process::id().to_string();
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let path = entry?.path().join("stat");
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            continue; // gone meanwhile, or not a process
+        };
+        // "pid (comm) state ppid ...": the comm may hold spaces, so split after its ')'.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        if let (Some("Z"), Some(ppid)) = (fields.next(), fields.next()) {
+            count += usize::from(ppid == me);
+        }
+    }
+    Ok(count)
 }
