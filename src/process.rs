@@ -263,41 +263,50 @@ impl SubprocessBuilder {
             pidfd: None,
             on_exit: self.on_exit,
         });
+        let (mut stdin, mut stdout, mut stderr) = (None, None, None);
         let outcome = (|| {
-            let stdin = match (self.stdin, pipes.0) {
-                (Some(start), Some(pipe)) => Some(start(registry, PipeWriter::new(pipe)?)?),
-                _ => None,
-            };
-            let stdout = match (self.stdout, pipes.1) {
-                (Some(start), Some(pipe)) => Some(start(registry, PipeReader::new(pipe)?)?),
-                _ => None,
-            };
-            let stderr = match (self.stderr, pipes.2) {
-                (Some(start), Some(pipe)) => Some(start(registry, PipeReader::new(pipe)?)?),
-                _ => None,
-            };
-            watch(registry, id, pid, self.sigchld)?;
-            Ok(Subprocess {
-                id,
-                pid,
-                stdin,
-                stdout,
-                stderr,
-            })
+            if let (Some(start), Some(pipe)) = (self.stdin, pipes.0) {
+                stdin = Some(start(registry, PipeWriter::new(pipe)?)?);
+            }
+            if let (Some(start), Some(pipe)) = (self.stdout, pipes.1) {
+                stdout = Some(start(registry, PipeReader::new(pipe)?)?);
+            }
+            if let (Some(start), Some(pipe)) = (self.stderr, pipes.2) {
+                stderr = Some(start(registry, PipeReader::new(pipe)?)?);
+            }
+            watch(registry, id, pid, self.sigchld)
         })();
-        if outcome.is_err() {
+        if let Err(error) = outcome {
+            // Undo it all: the caller hears of it through the error, not through callbacks
+            // (the pipes' protocols have not been `made` yet, so `abort` ends them unheard).
+            abort(registry, stdin);
+            abort(registry, stdout);
+            abort(registry, stderr);
             let children = registry.state::<Children>().expect("made above");
             if let Some(i) = children.position(id) {
                 let mut entry = children.entries.swap_remove(i);
-                entry.on_exit = None; // the caller hears of it through the error instead
+                entry.on_exit = None;
                 let pidfd = entry.pidfd.take();
                 drop(entry); // kills and reaps
                 if let Some(key) = pidfd {
                     let _ = registry.remove(key);
                 }
             }
+            return Err(error);
         }
-        outcome
+        Ok(Subprocess {
+            id,
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+fn abort<T: ByteStream>(registry: &mut Registry, pipe: Option<ConnId<T>>) {
+    if let Some(mut transport) = pipe.and_then(|id| id.transport(registry).ok()) {
+        transport.abort();
     }
 }
 
