@@ -122,7 +122,8 @@ impl Shared {
         ));
     }
 
-    fn signal(&self) -> io::Result<()> {
+    /// Flags the loop and wakes its wait (from any thread).
+    pub(crate) fn signal(&self) -> io::Result<()> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed());
         }

@@ -246,6 +246,8 @@ mod run;
 mod selector;
 mod signal;
 mod state;
+#[cfg(feature = "async")]
+pub mod task;
 mod timer;
 
 pub use handle::Handle;

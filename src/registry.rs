@@ -38,6 +38,9 @@ pub struct Registry {
     pub(crate) timers: Timers,
     pub(crate) deferred: VecDeque<Deferred>,
     pub(crate) stop_requested: bool,
+    /// Tasks spawned on this selector (the `async` feature's executor).
+    #[cfg(feature = "async")]
+    pub(crate) tasks: crate::task::Executor,
     /// `None` while the handler runs (and before one is set: then errors go to the `log`
     /// facade).
     error_handler: Option<ErrorHandler>,
@@ -103,12 +106,15 @@ fn not_found() -> io::Error {
 
 impl Registry {
     pub(crate) fn new(poller: Poller) -> Registry {
+        let shared = Arc::new(Shared::new(poller));
         Registry {
             entries: Slab::new(),
             claims: Claims::new(),
             next_generation: 0,
             owner: Owner::next(),
-            shared: Arc::new(Shared::new(poller)),
+            #[cfg(feature = "async")]
+            tasks: crate::task::Executor::new(Arc::clone(&shared)),
+            shared,
             timers: Timers::new(),
             deferred: VecDeque::new(),
             stop_requested: false,
@@ -495,6 +501,33 @@ impl Registry {
     /// facade at level `error` (target `selreactor::registry`), with the registration's token
     /// and its source's type, and the loop goes on. The library itself never writes to stdout
     /// or stderr.
+    ///
+    /// # Examples
+    ///
+    /// Counting failures, and stopping when a source that must not fail does:
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (_ours, theirs) = UnixStream::pair()?;
+    /// let vital = sel.register(theirs, Interest::WRITE, |_, _, _| {
+    ///     Err(io::Error::other("the control channel broke"))
+    /// })?;
+    /// let mut failures = 0;
+    /// sel.set_error_handler(move |reg, token, error| {
+    ///     failures += 1;
+    ///     eprintln!("registration {token} failed ({failures} so far): {error}");
+    ///     if token == vital.token() {
+    ///         reg.stop();
+    ///     }
+    /// });
+    /// sel.run()?; // the callback's error removed it, and the handler stopped the loop
+    /// assert!(!sel.contains(vital));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_error_handler<F>(&mut self, handler: F)
     where
         F: FnMut(&mut Registry, Token, io::Error) + 'static,
@@ -510,13 +543,31 @@ impl Registry {
         !self.deferred.is_empty()
     }
 
-    /// Whether `run` has nothing left to wait for: no registrations, timers, calls or handles.
+    /// Whether `run` has nothing left to wait for: no registrations, timers, calls, handles
+    /// or tasks.
     pub(crate) fn is_idle(&self) -> bool {
         self.entries.is_empty()
             && self.timers.is_empty()
             && self.deferred.is_empty()
             && !self.shared.has_handles()
             && !self.shared.is_pending()
+            && !self.has_live_tasks()
+    }
+
+    /// Whether tasks are queued to run: the next wait must not block.
+    #[inline]
+    pub(crate) fn has_ready_tasks(&self) -> bool {
+        #[cfg(feature = "async")]
+        return self.tasks.has_queued();
+        #[cfg(not(feature = "async"))]
+        false
+    }
+
+    fn has_live_tasks(&self) -> bool {
+        #[cfg(feature = "async")]
+        return self.tasks.has_live();
+        #[cfg(not(feature = "async"))]
+        false
     }
 
     fn entry(&self, owner: Owner, token: Token) -> Option<&Entry> {

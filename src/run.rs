@@ -1,5 +1,6 @@
 //! The loop: wait, then dispatch I/O, fire due timers, run deferred calls.
 
+use std::cell::Cell;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ impl Selector {
     /// A panic in a callback unwinds out of `run`. The panicking registration (or repeating
     /// timer) is removed first, so the selector is consistent and `run` can be called again.
     pub fn run(&mut self) -> io::Result<()> {
+        let _running = Running::enter();
         loop {
             if self.is_idle() {
                 return Ok(());
@@ -37,7 +39,9 @@ impl Selector {
     /// 1. the callbacks of the sources found ready,
     /// 2. the timers that are due,
     /// 3. the calls queued (by [`call_soon`](Registry::call_soon) or a handle) before this
-    ///    iteration's callbacks started.
+    ///    iteration's callbacks started,
+    /// 4. the tasks woken before this step started (with the `async` feature), so a task woken
+    ///    by this iteration's I/O, timers or calls runs in the same iteration.
     ///
     /// Work queued during the iteration waits for the next one. The wait does not block if calls
     /// are already queued, and never ends early because of a signal. A zero timeout polls: ready
@@ -73,6 +77,7 @@ impl Selector {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        let _running = Running::enter();
         self.turn(timeout)
     }
 
@@ -103,6 +108,10 @@ impl Selector {
             call(registry);
             ran += 1;
         }
+        #[cfg(feature = "async")]
+        if registry.has_ready_tasks() {
+            ran += registry.run_tasks();
+        }
         Ok(ran)
     }
 }
@@ -111,7 +120,11 @@ impl Selector {
 /// a stop is pending (the iteration that honours it must not block).
 #[inline]
 fn wait_timeout(registry: &mut Registry, timeout: Option<Duration>) -> Option<Duration> {
-    if registry.stop_requested || registry.has_pending_calls() || registry.shared.is_pending() {
+    if registry.stop_requested
+        || registry.has_pending_calls()
+        || registry.shared.is_pending()
+        || registry.has_ready_tasks()
+    {
         return Some(Duration::ZERO);
     }
     if registry.timers.is_empty() {
@@ -123,5 +136,33 @@ fn wait_timeout(registry: &mut Registry, timeout: Option<Duration>) -> Option<Du
             let until = deadline.saturating_duration_since(Instant::now());
             Some(timeout.map_or(until, |t| t.min(until)))
         }
+    }
+}
+
+thread_local! {
+    /// How many loops (`run`, `run_once`, `block_on`) are running on this thread.
+    static LOOPS_RUNNING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks a loop as running on this thread while it lives.
+pub(crate) struct Running(());
+
+impl Running {
+    pub(crate) fn enter() -> Running {
+        LOOPS_RUNNING.set(LOOPS_RUNNING.get() + 1);
+        Running(())
+    }
+
+    /// Whether a loop is running on this thread: code running now is inside its callbacks or
+    /// tasks, and must not block the thread on another loop.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn on_this_thread() -> bool {
+        LOOPS_RUNNING.get() != 0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        LOOPS_RUNNING.set(LOOPS_RUNNING.get() - 1);
     }
 }

@@ -287,7 +287,7 @@ impl Timers {
 }
 
 /// The first deadline on `deadline`'s grid of `period` that lies after `now`.
-fn next_tick(deadline: Instant, period: Duration, now: Instant) -> Instant {
+pub(crate) fn next_tick(deadline: Instant, period: Duration, now: Instant) -> Instant {
     let next = deadline.checked_add(period).unwrap_or(now + period);
     if next > now {
         return next;

@@ -301,6 +301,44 @@ pub fn model_runner(normal: u32, reduced: u32) -> (proptest::test_runner::TestRu
     (TestRunner::new_with_rng(config, rng), cases)
 }
 
+/// A one-shot signal for async tests: `open` (from any thread) completes every `wait` (the
+/// waiter's waker is woken from the opening thread, as a real cross-thread wake would be).
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<Mutex<(bool, Option<std::task::Waker>)>>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    pub fn open(&self) {
+        let waker = {
+            let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            state.0 = true;
+            state.1.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.0 {
+                return std::task::Poll::Ready(());
+            }
+            state.1 = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
 /// Runs `op` again while it fails with `Interrupted`, for up to `limit` in all.
 ///
 /// A blocking socket call with a timeout (`SO_RCVTIMEO`, `SO_SNDTIMEO`) returns `EINTR` when
