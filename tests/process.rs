@@ -590,3 +590,45 @@ fn out_of_descriptors_at_any_step_of_a_spawn_leaves_nothing_behind() -> io::Resu
     }
     Ok(())
 }
+
+/// Writes nothing: an idle stdin.
+struct Idle(Log);
+
+impl Protocol<PipeWriter> for Idle {
+    fn data(&mut self, _: &mut Transport<'_, PipeWriter>, _: &[u8]) -> io::Result<()> {
+        unreachable!("a write end is never read")
+    }
+    fn lost(&mut self, _: &mut Transport<'_, PipeWriter>, reason: Option<io::Error>) {
+        self.0
+            .borrow_mut()
+            .push(Ev::Lost("in", reason.map(|e| e.kind())));
+    }
+}
+
+#[test]
+fn an_idle_stdin_ends_when_its_child_exits_without_a_write() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let errors = Rc::new(std::cell::Cell::new(0));
+    let counted = Rc::clone(&errors);
+    sel.set_error_handler(move |_, _, _| counted.set(counted.get() + 1));
+    let log = Log::default();
+    Subprocess::build()
+        .stdin(Idle(Rc::clone(&log)))
+        .on_exit(on_exit(&log))
+        .spawn(&mut sel, &mut sh("sleep 0.1"))?;
+    run_to_end(&mut sel, Duration::from_secs(5))?;
+    let mut events = log
+        .borrow()
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>();
+    events.sort();
+    assert_eq!(
+        events,
+        [r#"Exit(Some(0), None)"#, r#"Lost("in", Some(BrokenPipe))"#]
+    );
+    assert_eq!(errors.get(), 0, "the error handler was called");
+    assert_eq!(zombies()?, 0);
+    Ok(())
+}
