@@ -54,6 +54,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::process::{Pid, Signal};
 
@@ -89,7 +90,8 @@ impl fmt::Debug for SubprocessBuilder {
 
 /// A child process started on the loop: its pid, the ids of its pipes' transports, and
 /// signals. `Copy`; it names the child only while it runs (then [`kill`](Subprocess::kill)
-/// and friends fail with `NotFound`), so it never signals a process that reused the pid.
+/// and friends fail with `NotFound`), so it never signals a process that reused the pid, and
+/// only with the registry of the loop that started it (another one's finds nothing).
 #[derive(Clone, Copy, Debug)]
 pub struct Subprocess {
     id: u64,
@@ -255,8 +257,9 @@ impl SubprocessBuilder {
         let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         // From here the table owns the child: whatever fails, dropping it kills and reaps.
         let children = children(registry);
-        let id = children.next_id;
-        children.next_id += 1;
+        // Unique across loops, so a handle used with another loop's registry finds nothing.
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         children.entries.push(Entry {
             id,
             child,
@@ -318,7 +321,6 @@ fn starter<T: ByteStream, P: Protocol<T>>(protocol: P) -> Starter<T> {
 #[derive(Default)]
 struct Children {
     entries: Vec<Entry>,
-    next_id: u64,
     /// The `SIGCHLD` watch, while a child is watched through it.
     sigchld: Option<Key<Signals>>,
 }

@@ -632,3 +632,21 @@ fn an_idle_stdin_ends_when_its_child_exits_without_a_write() -> io::Result<()> {
     assert_eq!(zombies()?, 0);
     Ok(())
 }
+
+#[test]
+fn a_handle_means_nothing_to_another_loop() -> io::Result<()> {
+    let _serial = serial();
+    let (mut first, mut second) = (Selector::new()?, Selector::new()?);
+    let mine = Subprocess::build().spawn(&mut first, Command::new("sleep").arg("30"))?;
+    let theirs = Subprocess::build().spawn(&mut second, Command::new("sleep").arg("30"))?;
+    assert!(!mine.is_running(&mut second));
+    let error = mine.kill(&mut second).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    assert!(
+        theirs.is_running(&mut second),
+        "the other loop's child was touched"
+    );
+    drop((first, second)); // kills and reaps both
+    assert_eq!(zombies()?, 0);
+    Ok(())
+}
