@@ -115,10 +115,15 @@ pub fn run(command: &mut Command, emit: impl FnMut(String) + 'static) -> io::Res
 
 #[allow(dead_code)] // a test includes this file as a module and calls `run`
 fn main() -> io::Result<()> {
+    const USAGE: &str = "usage: subprocess CMD [ARGS...]";
     let mut args = std::env::args_os().skip(1);
     let Some(program) = args.next() else {
-        eprintln!("usage: subprocess CMD [ARGS...]");
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
+    if program == "-h" || program == "--help" {
+        println!("{USAGE}");
+        return Ok(());
+    }
     run(Command::new(program).args(args), |line| println!("{line}"))
 }

@@ -77,11 +77,20 @@ pub fn start(registry: &mut Registry, addr: SocketAddr) -> io::Result<DatagramEn
 
 #[allow(dead_code)] // a test includes this file as a module and calls `start`
 fn main() -> io::Result<()> {
-    let addr = match std::env::args().nth(1) {
-        Some(arg) => arg
-            .parse()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{arg}: {e}")))?,
+    const USAGE: &str = "usage: udp_echo [ADDR]   (default 127.0.0.1:8009)";
+    let addr = match std::env::args().nth(1).as_deref() {
         None => SocketAddr::from(([127, 0, 0, 1], 8009)),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some(arg) => match arg.parse() {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("udp_echo: {arg}: {e}\n{USAGE}");
+                std::process::exit(2);
+            }
+        },
     };
     let mut sel = Selector::new()?;
     let echo = start(&mut sel, addr)?;
