@@ -111,6 +111,16 @@
 //! and `echo_reuseport` (one selector per thread on a shared port). Run one with
 //! `cargo run --example echo`.
 //!
+//! # Transports, protocols and loop-wide state
+//!
+//! Most servers and clients need not write callbacks like the ones above: the [`net`] module
+//! is asyncio's transports and protocols on this loop. [`net::serve`] runs a server,
+//! [`net::connect_tcp`] a client; each connection's [`net::Protocol`] gets a
+//! [`net::Transport`] that buffers writes, drives flow control and half-close, and reports
+//! every ending once. Values the whole loop shares live in the registry by type
+//! ([`Registry::insert_state`], [`Registry::with_state`]), so callbacks of every kind reach
+//! them without `Rc<RefCell<..>>`. The `chat` example shows both.
+//!
 //! # The contract
 //!
 //! - **Level-triggered.** A ready source's callback runs on every iteration until the source is
