@@ -39,7 +39,6 @@ use crate::task::context::{outside_loop_error, try_with_registry};
 /// # Examples
 ///
 /// ```
-/// use futures_io::AsyncRead;
 /// use selreactor::task::{self, Async};
 /// use std::io::Write;
 /// use std::os::unix::net::UnixStream;
