@@ -43,7 +43,7 @@ const PEERS: [(Which, &str); 3] = [
 
 /// One peer's runtime, made fresh (outside the measurement) for each iteration.
 enum Peer {
-    Selreactor(selreactor::Selector),
+    Selreactor(Box<selreactor::Selector>),
     Tokio(tokio::runtime::Runtime, tokio::task::LocalSet),
     AsyncExecutor(Rc<async_executor::LocalExecutor<'static>>),
 }
@@ -59,7 +59,9 @@ type Boxed = Pin<Box<dyn Future<Output = ()>>>;
 impl Peer {
     fn new(which: Which) -> Peer {
         match which {
-            Which::Selreactor => Peer::Selreactor(selreactor::Selector::new().expect("selector")),
+            Which::Selreactor => {
+                Peer::Selreactor(Box::new(selreactor::Selector::new().expect("selector")))
+            }
             Which::Tokio => Peer::Tokio(
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
