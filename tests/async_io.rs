@@ -439,3 +439,90 @@ fn async_read_is_implemented_for_owned_and_borrowed_wrappers() {
     is_stream::<Async<File>>();
     let _: Option<Pin<&mut Async<File>>> = None;
 }
+
+/// B8: `read` raced against short timeouts loses no bytes: a read that is cancelled has
+/// consumed nothing.
+#[test]
+fn reads_cancelled_by_timeouts_lose_no_bytes() -> io::Result<()> {
+    let _serial = serial();
+    let total = scaled(2 << 20, 256 << 10);
+    let (ours, theirs) = UnixStream::pair()?;
+    let writer = std::thread::spawn(move || -> io::Result<()> {
+        let mut theirs = theirs;
+        let mut sent = 0;
+        let mut chunks = Chunks(9);
+        while sent < total {
+            let n = chunks.next(8192).min(total - sent);
+            let bytes: Vec<u8> = (sent..sent + n).map(|i| pattern(i as u64)).collect();
+            theirs.write_all(&bytes)?;
+            sent += n;
+            if chunks.next(4) == 1 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        Ok(())
+    });
+    let (received, cancelled) = task::block_on(async move {
+        let ours = Async::new(ours)?;
+        let (mut received, mut cancelled) = (0u64, 0u32);
+        let mut buf = vec![0; 4096];
+        loop {
+            match task::timeout(Duration::from_micros(100), (&ours).read(&mut buf)).await {
+                Err(_) => cancelled += 1,
+                Ok(read) => {
+                    let n = read?;
+                    if n == 0 {
+                        return io::Result::Ok((received, cancelled));
+                    }
+                    for (k, &byte) in buf[..n].iter().enumerate() {
+                        assert_eq!(
+                            byte,
+                            pattern(received + k as u64),
+                            "at {}",
+                            received + k as u64
+                        );
+                    }
+                    received += n as u64;
+                }
+            }
+        }
+    })??;
+    writer.join().expect("the writer panicked")?;
+    assert_eq!(received, total as u64);
+    println!("{cancelled} reads cancelled");
+    Ok(())
+}
+
+/// B8: `accept` raced against short timeouts while clients keep connecting: every client is
+/// accepted, none lost to a cancelled accept.
+#[test]
+fn accepts_cancelled_by_timeouts_lose_no_connection() -> io::Result<()> {
+    let _serial = serial();
+    let clients = scaled(200, 50);
+    let accepted = task::block_on(async move {
+        let listener = Async::<TcpListener>::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let connector = std::thread::spawn(move || -> io::Result<Vec<TcpStream>> {
+            let mut streams = Vec::new();
+            for i in 0..clients {
+                streams.push(TcpStream::connect(addr)?);
+                if i % 7 == 0 {
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            }
+            Ok(streams)
+        });
+        let mut accepted = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while accepted.len() < clients && std::time::Instant::now() < deadline {
+            if let Ok(result) = task::timeout(Duration::from_micros(10), listener.accept()).await {
+                accepted.push(result?.0);
+            }
+        }
+        let streams = connector.join().expect("the connector panicked")?;
+        assert_eq!(streams.len(), clients);
+        io::Result::Ok(accepted.len())
+    })??;
+    assert_eq!(accepted, clients);
+    Ok(())
+}

@@ -25,6 +25,9 @@ use crate::task::context::{outside_loop_error, try_with_registry};
 /// cached: a `WouldBlock`, a short read or a short write clears it, and the next event sets it
 /// again (the selector is level-triggered, so nothing that arrives in between is missed).
 ///
+/// Every operation is cancel-safe: the syscall runs only inside the poll that returns its
+/// result, so a future dropped before it resolves (by a `timeout`, say) has consumed nothing.
+///
 /// Every task waiting on it is woken by the event it waits for, not only the last one. It gives
 /// out only `&T`, so nothing can close or swap the descriptor behind the poller's back.
 /// Dropping it deletes the source from the poller, then closes it. (Dropped outside the loop,
