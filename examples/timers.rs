@@ -8,9 +8,10 @@
 //!
 //! A counter is printed every 0.1 s and "N seconds have passed" every 3 s. Both are repeating
 //! timers ([`Registry::call_every`](selreactor::Registry::call_every)) on the
-//! `start + k * period` grid, so neither drifts however long the program runs (try
-//! `--secs 60 | tail -1`: the last number is 600 or 601). A one-shot timer cancels both after
-//! `--secs`, and `run` returns because nothing is left.
+//! `start + k * period` grid, so neither drifts however long the program runs: try
+//! `cargo run --example timers -- --secs 30 | grep -v seconds | tail -1`, which prints 301 (the
+//! first number at the start, then one per tick). A one-shot timer cancels both after `--secs`,
+//! and `run` returns because nothing is left.
 
 use std::cell::Cell;
 use std::io;

@@ -218,6 +218,11 @@
 //!
 //! `ChildStdin` and `ChildStderr` convert the same way; write to a child's stdin with `WRITE`
 //! interest, and remove the registration (closing the pipe) to send it end of file.
+//!
+//! The transport layer does all of this for you: [`net::PipeReader`] and [`net::PipeWriter`]
+//! wrap any pipe end (non-blocking, `Read`/`Write` through `&self`, no `SIGPIPE`) as a stream
+//! for a [`net::Protocol`], and [`process::Subprocess`] spawns a child with its pipes as
+//! transports, reports its exit to a callback and always reaps it.
 
 #![doc(test(attr(deny(warnings))))]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -235,6 +240,7 @@ mod interest;
 mod key;
 pub mod net;
 mod poller;
+pub mod process;
 mod registry;
 mod run;
 mod selector;

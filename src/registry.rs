@@ -501,6 +501,33 @@ impl Registry {
     /// facade at level `error` (target `selreactor::registry`), with the registration's token
     /// and its source's type, and the loop goes on. The library itself never writes to stdout
     /// or stderr.
+    ///
+    /// # Examples
+    ///
+    /// Counting failures, and stopping when a source that must not fail does:
+    ///
+    /// ```
+    /// use selreactor::{Interest, Selector};
+    /// use std::io;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let mut sel = Selector::new()?;
+    /// let (_ours, theirs) = UnixStream::pair()?;
+    /// let vital = sel.register(theirs, Interest::WRITE, |_, _, _| {
+    ///     Err(io::Error::other("the control channel broke"))
+    /// })?;
+    /// let mut failures = 0;
+    /// sel.set_error_handler(move |reg, token, error| {
+    ///     failures += 1;
+    ///     eprintln!("registration {token} failed ({failures} so far): {error}");
+    ///     if token == vital.token() {
+    ///         reg.stop();
+    ///     }
+    /// });
+    /// sel.run()?; // the callback's error removed it, and the handler stopped the loop
+    /// assert!(!sel.contains(vital));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_error_handler<F>(&mut self, handler: F)
     where
         F: FnMut(&mut Registry, Token, io::Error) + 'static,

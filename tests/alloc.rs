@@ -441,3 +441,62 @@ fn an_allocation_inside_a_callback_is_counted() -> io::Result<()> {
     assert_eq!(counts.net_bytes, 0);
     Ok(())
 }
+
+/// Echoes each datagram to its sender.
+struct DatagramEcho;
+
+impl selreactor::net::DatagramProtocol for DatagramEcho {
+    type Socket = std::net::UdpSocket;
+
+    fn datagram(
+        &mut self,
+        ep: &mut selreactor::net::DatagramContext<'_, Self>,
+        data: &[u8],
+        from: std::net::SocketAddr,
+    ) -> io::Result<()> {
+        let _ = ep.send_to(data, &from)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_udp_echo_round_trip_allocates_nothing_and_an_idle_endpoint_little() -> io::Result<()> {
+    use selreactor::net::DatagramEndpoint;
+    use std::net::UdpSocket;
+
+    let mut sel = Selector::new()?;
+    let any = "127.0.0.1:0".parse().unwrap();
+    let endpoint = DatagramEndpoint::bind_udp(&mut sel, any, DatagramEcho)?;
+    let addr = endpoint.local_addr(&sel)?;
+    // A second endpoint, the loop's tables made: what one more idle endpoint holds.
+    let (second, made) = measure(|| DatagramEndpoint::bind_udp(&mut sel, any, DatagramEcho));
+    let second = second?;
+    println!("an idle endpoint's heap: {made:?}");
+    assert!(made.net_bytes <= 256, "{made:?}");
+    second.abort(&mut sel)?;
+    let client = UdpSocket::bind("127.0.0.1:0")?;
+    client.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 64];
+    let mut round_trip = |sel: &mut Selector| -> io::Result<()> {
+        client.send_to(b"ping", addr)?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while sel.run_once(Some(Duration::from_millis(100)))? == 0 {
+            assert!(Instant::now() < deadline, "the datagram never arrived");
+        }
+        let n = client.recv(&mut buf)?;
+        assert_eq!(&buf[..n], b"ping");
+        Ok(())
+    };
+    for _ in 0..WARM_UP {
+        round_trip(&mut sel)?; // the first one delivers `made` and makes the shared buffer
+    }
+    let (outcome, counts) = measure(|| -> io::Result<()> {
+        for _ in 0..ITERATIONS {
+            round_trip(&mut sel)?;
+        }
+        Ok(())
+    });
+    outcome?;
+    assert_eq!(counts, Counts::ZERO);
+    Ok(())
+}

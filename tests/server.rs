@@ -80,10 +80,11 @@ fn an_idle_connection_is_closed_between_one_and_two_timeouts_and_a_busy_one_is_n
     let idle = Duration::from_millis(200);
     let (mut sel, addr, server) =
         server(ServerOptions::default().idle_timeout(idle), echo_recorder)?;
+    // Taken before the connects: the idle clock of each connection starts at its accept.
+    let start = Instant::now();
     let quiet = client(addr)?;
     let busy = client(addr)?;
     run_until(&mut sel, "made", |sel| Ok(made_count(sel) == 2))?;
-    let start = Instant::now();
     let mut got = Vec::new();
     run_until(&mut sel, "the idle one lost", |sel| {
         // The busy client talks every 50 ms.

@@ -1,6 +1,8 @@
 //! A minimal level-triggered epoll, shared by the load generator and the echo benchmark's floor
 //! server so that neither pays for any library's bookkeeping. It is rustix's safe `epoll`, the
-//! same calls the raw-epoll peer of the in-process benches makes, with `u64` tokens.
+//! same calls the raw-epoll peer of the in-process benches makes, with `u64` tokens. Every
+//! function is `#[inline]`: the floor must cost what a hand-written loop costs, and without it
+//! each would be a call into this crate from the binaries that use it.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -13,6 +15,7 @@ pub struct Epoll {
     fd: OwnedFd,
 }
 
+#[inline]
 fn flags(read: bool, write: bool) -> EventFlags {
     let mut flags = EventFlags::empty();
     if read {
@@ -25,6 +28,7 @@ fn flags(read: bool, write: bool) -> EventFlags {
 }
 
 impl Epoll {
+    #[inline]
     pub fn new() -> io::Result<Epoll> {
         Ok(Epoll {
             fd: epoll::create(epoll::CreateFlags::CLOEXEC)?,
@@ -32,6 +36,7 @@ impl Epoll {
     }
 
     /// Starts polling `fd`. The caller deletes it (or closes it) when done.
+    #[inline]
     pub fn add(&self, fd: impl AsFd, token: u64, read: bool, write: bool) -> io::Result<()> {
         Ok(epoll::add(
             &self.fd,
@@ -41,6 +46,7 @@ impl Epoll {
         )?)
     }
 
+    #[inline]
     pub fn modify(&self, fd: impl AsFd, token: u64, read: bool, write: bool) -> io::Result<()> {
         Ok(epoll::modify(
             &self.fd,
@@ -50,12 +56,14 @@ impl Epoll {
         )?)
     }
 
+    #[inline]
     pub fn delete(&self, fd: impl AsFd) -> io::Result<()> {
         Ok(epoll::delete(&self.fd, fd)?)
     }
 
     /// One `epoll_wait` into `events` (cleared first, filled up to its capacity); `None` waits
     /// indefinitely. `EINTR` comes back as an empty batch, which every caller already handles.
+    #[inline]
     pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         events.clear();
         let timeout = timeout.map(|t| rustix::event::Timespec {
@@ -74,17 +82,20 @@ impl Epoll {
 }
 
 /// The token the event's source was registered with.
+#[inline]
 pub fn token(event: &Event) -> u64 {
     event.data.u64()
 }
 
 /// Whether an event reports readability (or a hang-up or error, which a read will surface).
+#[inline]
 pub fn is_readable(event: &Event) -> bool {
     let flags = event.flags; // a copy: the kernel's struct is packed
     flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR)
 }
 
 /// Whether an event reports writability (or a hang-up or error, which a write will surface).
+#[inline]
 pub fn is_writable(event: &Event) -> bool {
     let flags = event.flags; // a copy: the kernel's struct is packed
     flags.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR)

@@ -6,7 +6,8 @@
 //! connection, and lends the [`Registry`](crate::Registry) for everything else (timers, other
 //! connections by [`ConnId`], loop-wide [state](crate::Registry::state)). [`serve`] runs a
 //! server, [`connect_tcp`] a client, [`start`] drives any other stream (a pipe end, say);
-//! [`Lines`] splits input into bounded lines.
+//! [`Lines`] splits input into bounded lines. [`DatagramEndpoint`] is the datagram
+//! counterpart (UDP and Unix datagram sockets).
 //!
 //! # What a transport promises
 //!
@@ -49,14 +50,21 @@
 //! ```
 
 mod connect;
+mod datagram;
 mod lines;
+mod pipe;
 mod server;
 mod socket;
 mod stream;
 mod transport;
 
 pub use connect::{connect_tcp, connect_unix, start};
+pub use datagram::{
+    AddrOf, DatagramContext, DatagramEndpoint, DatagramOptions, DatagramProtocol, DatagramSocket,
+    Sent, DATAGRAM_OVERHEAD, MAX_RECV_BUFFER,
+};
 pub use lines::{LineTooLong, Lines};
+pub use pipe::{pipe, PipeReader, PipeWriter};
 pub use server::{serve, Listener, Server, ServerOptions, ServerStats};
 pub use socket::{
     finish_connect, start_connect, start_connect_unix, tcp_listener, unix_listener, ListenOptions,

@@ -59,6 +59,7 @@ const KEEP_OUTPUT_CAPACITY: usize = 64 * 1024;
 ///         tx.write(data)
 ///     }
 /// }
+/// # let _ = Echo;
 /// ```
 pub trait Protocol<T: ByteStream = std::net::TcpStream>: 'static {
     /// The connection is up. An `Err` ends it: [`lost`](Protocol::lost) follows with the error.

@@ -394,3 +394,24 @@ pub fn join_all<T>(threads: Vec<JoinHandle<io::Result<T>>>, limit: Duration) -> 
     }
     Ok(results.into_iter().map(|r| r.expect("joined")).collect())
 }
+
+/// This process's children in state Z (exited, not reaped), from procfs.
+pub fn zombies() -> io::Result<usize> {
+    let me = std::process::id().to_string();
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let path = entry?.path().join("stat");
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            continue; // gone meanwhile, or not a process
+        };
+        // "pid (comm) state ppid ...": the comm may hold spaces, so split after its ')'.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        if let (Some("Z"), Some(ppid)) = (fields.next(), fields.next()) {
+            count += usize::from(ppid == me);
+        }
+    }
+    Ok(count)
+}
