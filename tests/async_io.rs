@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures_lite::io::BufReader;
 use futures_lite::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, StreamExt};
+use selreactor::net::{PipeReader, PipeWriter};
 use selreactor::task::{self, Async};
 use selreactor::Selector;
 use util::*;
@@ -138,8 +139,8 @@ fn sixty_four_mib_through_a_child_process_pipes() -> io::Result<()> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    let stdin = File::from(OwnedFd::from(child.stdin.take().expect("piped")));
-    let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped")));
+    let stdin = PipeWriter::new(child.stdin.take().expect("piped"))?;
+    let stdout = PipeReader::new(child.stdout.take().expect("piped"))?;
     let received = task::block_on(async move {
         let stdin = Async::new(stdin)?;
         let stdout = Async::new(stdout)?;
@@ -216,7 +217,7 @@ fn lines_from_a_child_process() -> io::Result<()> {
         .args(["-c", "printf 'one\\ntwo\\nthree\\n'"])
         .stdout(Stdio::piped())
         .spawn()?;
-    let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped")));
+    let stdout = PipeReader::new(child.stdout.take().expect("piped"))?;
     let lines = task::block_on(async move {
         let stdout = Async::new(stdout)?;
         BufReader::new(stdout)
@@ -437,6 +438,10 @@ fn async_read_is_implemented_for_owned_and_borrowed_wrappers() {
     is_stream::<&Async<TcpStream>>();
     is_stream::<Async<UnixStream>>();
     is_stream::<Async<File>>();
+    fn is_writer<T: futures_lite::AsyncWrite>() {}
+    fn is_reader<T: AsyncRead>() {}
+    is_writer::<Async<PipeWriter>>();
+    is_reader::<Async<PipeReader>>();
     let _: Option<Pin<&mut Async<File>>> = None;
 }
 

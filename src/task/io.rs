@@ -34,7 +34,8 @@ use crate::task::context::{outside_loop_error, try_with_registry};
 /// in `main` after `block_on` say, the removal is queued for the loop's next iteration.)
 ///
 /// Streams ([`TcpStream`](std::net::TcpStream), [`UnixStream`](std::os::unix::net::UnixStream),
-/// [`File`](std::fs::File) for pipes and child stdio, via `File::from(OwnedFd::from(stdout))`)
+/// and pipes and child stdio as [`PipeReader`](crate::net::PipeReader) and
+/// [`PipeWriter`](crate::net::PipeWriter), e.g. `Async::new(PipeReader::new(stdout)?)`)
 /// implement [`futures_io::AsyncRead`] and [`futures_io::AsyncWrite`], so futures-lite's and
 /// futures' extension traits work on them; listeners, UDP sockets and connect are in the
 /// methods below.
@@ -407,6 +408,12 @@ impl CloseWrite for std::os::unix::net::UnixStream {
 }
 
 impl CloseWrite for std::fs::File {
+    fn close_write(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CloseWrite for crate::net::PipeWriter {
     fn close_write(&self) -> io::Result<()> {
         Ok(())
     }
