@@ -49,7 +49,6 @@ stall() {
     # The first stop comes early (5 ms to the shortest interval), so that binaries that finish
     # in a fraction of a second are stopped too.
     local pause=$((5 + RANDOM % every_min))
-    # The pid, not the group: the group exists only once setsid has run.
     while kill -0 "$group" 2>/dev/null; do
         sleep "$(millis "$pause")"
         pause=$((every_min + RANDOM % (every_max - every_min + 1)))
@@ -61,16 +60,21 @@ stall() {
     done
 }
 
+# Job control: every background job gets a process group of its own, in this session.
+set -m
 failed=0
 summary=()
 for round in $(seq 1 "$rounds"); do
     for name in "$@"; do
         log=$logs/$name.$round.log
         start=$(date +%s.%N)
-        # Its own session and process group, so the stops reach its children too and nothing
-        # else; the stopper and this script are outside it.
+        # Its own process group (job control, `set -m` above), so the stops reach its children
+        # too and nothing else. Not a session of its own (setsid): such a group has no parent
+        # in its session outside it, so it counts as orphaned, and the kernel sends SIGHUP to
+        # an orphaned group with stopped members when one of its processes exits (a test's
+        # child, say), which killed a test binary once.
         # shellcheck disable=SC2086 # TEST_ARGS is split on purpose
-        setsid "${binaries[$name]}" ${TEST_ARGS:-} >"$log" 2>&1 </dev/null &
+        "${binaries[$name]}" ${TEST_ARGS:-} >"$log" 2>&1 </dev/null &
         group=$!
         echo 0 >"$log.stops"
         stall "$group" "$log.stops" &
@@ -86,7 +90,7 @@ for round in $(seq 1 "$rounds"); do
             sleep 0.2
         done
         status=0
-        wait "$group" || status=$?
+        wait -f "$group" || status=$?
         kill "$stopper" 2>/dev/null || true
         wait "$stopper" 2>/dev/null || true
         took=$(echo "$(date +%s.%N) - $start" | bc)
