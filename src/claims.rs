@@ -15,8 +15,12 @@ use crate::key::Token;
 /// What a free number holds: no poller key is `usize::MAX` (see `key.rs`).
 const FREE: usize = usize::MAX;
 
+/// The table's first size: the usual soft descriptor limit, so most programs never grow it
+/// (8 KiB, allocated at the first registration).
+const FIRST_SIZE: usize = 1024;
+
 /// The claims, indexed by descriptor number: memory proportional to the highest number
-/// registered, O(1) per claim and release, nothing per event.
+/// registered (8 bytes a number), O(1) per claim and release, nothing per event.
 pub(crate) struct Claims {
     holders: Vec<usize>,
 }
@@ -46,7 +50,10 @@ impl Claims {
             return;
         };
         if index >= self.holders.len() {
-            self.holders.resize(index + 1, FREE);
+            // Doubling, so that growing is rare and one registration's allocation, never a
+            // reallocation every few registrations.
+            let size = (index + 1).next_power_of_two().max(FIRST_SIZE);
+            self.holders.resize(size, FREE);
         }
         debug_assert_eq!(self.holders[index], FREE, "descriptor {fd} claimed twice");
         self.holders[index] = token.to_poller_key();

@@ -346,10 +346,9 @@ impl Registry {
         let entry = self.entries.remove(key.token.index());
         let armed = entry.armed;
         let registration = entry.into_registration().expect("checked above");
-        let claims = &mut self.claims;
         delete(
             &self.shared.poller,
-            claims,
+            &mut self.claims,
             key.token,
             armed,
             registration.as_ref(),
