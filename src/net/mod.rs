@@ -20,8 +20,8 @@
 //!   dropped right after it. No protocol method runs inside another of the same protocol; what
 //!   one connection's callback does to another reaches that one's protocol from a deferred call.
 //! - **No `SIGPIPE`**: socket writes pass `MSG_NOSIGNAL`.
-//! - **Memory.** One 64 KiB read buffer serves every connection of a loop (callbacks run one at
-//!   a time), so an idle connection holds no read buffer, and its write buffer is empty (one
+//! - **Memory.** One 64 KiB read buffer serves every connection of a thread, hence of a loop
+//!   (callbacks run one at a time), so an idle connection holds no read buffer, and its write buffer is empty (one
 //!   bigger than 64 KiB is freed once flushed). What an idle connection does hold is its
 //!   transport state, its protocol value, its registration and a slot in the loop's table of
 //!   live connections: about 390 heap bytes with a 40-byte protocol, measured over 1,000 idle
