@@ -54,6 +54,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::process::{Pid, Signal};
 
@@ -89,7 +90,8 @@ impl fmt::Debug for SubprocessBuilder {
 
 /// A child process started on the loop: its pid, the ids of its pipes' transports, and
 /// signals. `Copy`; it names the child only while it runs (then [`kill`](Subprocess::kill)
-/// and friends fail with `NotFound`), so it never signals a process that reused the pid.
+/// and friends fail with `NotFound`), so it never signals a process that reused the pid, and
+/// only with the registry of the loop that started it (another one's finds nothing).
 #[derive(Clone, Copy, Debug)]
 pub struct Subprocess {
     id: u64,
@@ -255,49 +257,59 @@ impl SubprocessBuilder {
         let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         // From here the table owns the child: whatever fails, dropping it kills and reaps.
         let children = children(registry);
-        let id = children.next_id;
-        children.next_id += 1;
+        // Unique across loops, so a handle used with another loop's registry finds nothing.
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         children.entries.push(Entry {
             id,
             child,
             pidfd: None,
             on_exit: self.on_exit,
         });
+        let (mut stdin, mut stdout, mut stderr) = (None, None, None);
         let outcome = (|| {
-            let stdin = match (self.stdin, pipes.0) {
-                (Some(start), Some(pipe)) => Some(start(registry, PipeWriter::new(pipe)?)?),
-                _ => None,
-            };
-            let stdout = match (self.stdout, pipes.1) {
-                (Some(start), Some(pipe)) => Some(start(registry, PipeReader::new(pipe)?)?),
-                _ => None,
-            };
-            let stderr = match (self.stderr, pipes.2) {
-                (Some(start), Some(pipe)) => Some(start(registry, PipeReader::new(pipe)?)?),
-                _ => None,
-            };
-            watch(registry, id, pid, self.sigchld)?;
-            Ok(Subprocess {
-                id,
-                pid,
-                stdin,
-                stdout,
-                stderr,
-            })
+            if let (Some(start), Some(pipe)) = (self.stdin, pipes.0) {
+                stdin = Some(start(registry, PipeWriter::new(pipe)?)?);
+            }
+            if let (Some(start), Some(pipe)) = (self.stdout, pipes.1) {
+                stdout = Some(start(registry, PipeReader::new(pipe)?)?);
+            }
+            if let (Some(start), Some(pipe)) = (self.stderr, pipes.2) {
+                stderr = Some(start(registry, PipeReader::new(pipe)?)?);
+            }
+            watch(registry, id, pid, self.sigchld)
         })();
-        if outcome.is_err() {
+        if let Err(error) = outcome {
+            // Undo it all: the caller hears of it through the error, not through callbacks
+            // (the pipes' protocols have not been `made` yet, so `abort` ends them unheard).
+            abort(registry, stdin);
+            abort(registry, stdout);
+            abort(registry, stderr);
             let children = registry.state::<Children>().expect("made above");
             if let Some(i) = children.position(id) {
                 let mut entry = children.entries.swap_remove(i);
-                entry.on_exit = None; // the caller hears of it through the error instead
+                entry.on_exit = None;
                 let pidfd = entry.pidfd.take();
                 drop(entry); // kills and reaps
                 if let Some(key) = pidfd {
                     let _ = registry.remove(key);
                 }
             }
+            return Err(error);
         }
-        outcome
+        Ok(Subprocess {
+            id,
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+fn abort<T: ByteStream>(registry: &mut Registry, pipe: Option<ConnId<T>>) {
+    if let Some(mut transport) = pipe.and_then(|id| id.transport(registry).ok()) {
+        transport.abort();
     }
 }
 
@@ -309,7 +321,6 @@ fn starter<T: ByteStream, P: Protocol<T>>(protocol: P) -> Starter<T> {
 #[derive(Default)]
 struct Children {
     entries: Vec<Entry>,
-    next_id: u64,
     /// The `SIGCHLD` watch, while a child is watched through it.
     sigchld: Option<Key<Signals>>,
 }

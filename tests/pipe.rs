@@ -169,3 +169,42 @@ fn a_write_to_a_pipe_with_no_reader_is_an_error_not_a_sigpipe_death() -> io::Res
     assert!(stdout.contains("survived: Err(BrokenPipe)"), "{stdout}");
     Ok(())
 }
+
+#[test]
+fn a_terminal_whose_other_side_closed_reads_as_end_of_stream() -> io::Result<()> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let controller = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&controller)?;
+    unlockpt(&controller)?;
+    let name = ptsname(&controller, Vec::new())?;
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().expect("a path"))?;
+    let mut child = Command::new("sh")
+        .args(["-c", "printf x"])
+        .stdin(std::process::Stdio::null())
+        .stdout(terminal)
+        .spawn()?; // the last descriptor of the terminal's side is the child's
+    let mut sel = Selector::new()?;
+    let log = Log::default();
+    start(&mut sel, PipeReader::new(controller)?, Rec(Rc::clone(&log)))?;
+    run_until(&mut sel, "the end", |_| {
+        Ok(log.borrow().iter().any(|e| matches!(e, Ev::Lost(_))))
+    })?;
+    child.wait()?;
+    let got: Vec<u8> = log
+        .borrow()
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Data(d) => Some(d.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(got, b"x");
+    // No error: the hang-up (`EIO` from a terminal) is the end of the stream.
+    assert_eq!(log.borrow().last(), Some(&Ev::Lost(None)));
+    assert!(log.borrow().contains(&Ev::Eof));
+    Ok(())
+}

@@ -1,10 +1,6 @@
 //! Child processes on the loop, with real programs (`sh`, `cat`, `sleep`): exit statuses,
 //! output to its end, early-closed pipes, signals, broken stdin, and no zombies.
 
-#[allow(dead_code)]
-#[path = "../examples/subprocess.rs"]
-mod subprocess_example;
-
 mod util;
 
 use util::{serial, zombies};
@@ -347,37 +343,6 @@ fn a_program_that_does_not_exist_is_an_error_with_nothing_left_behind() -> io::R
 }
 
 #[test]
-fn subprocess_example_labels_lines_and_ends_with_the_status() -> io::Result<()> {
-    let _serial = serial();
-    let lines = Rc::new(RefCell::new(Vec::new()));
-    let sink = Rc::clone(&lines);
-    subprocess_example::run(
-        &mut sh("echo out; echo err >&2; printf partial; exit 3"),
-        move |line| sink.borrow_mut().push(line),
-    )?;
-    let lines = lines.borrow();
-    let mut body = lines[..lines.len() - 1].to_vec();
-    body.sort();
-    assert_eq!(
-        body,
-        [
-            "[stderr] err",
-            "[stdout] out",
-            "[stdout] partial (no newline at the end)"
-        ]
-    );
-    assert_eq!(lines.last().unwrap(), "exited with code 3");
-
-    let lines = Rc::new(RefCell::new(Vec::new()));
-    let sink = Rc::clone(&lines);
-    subprocess_example::run(&mut sh("kill -KILL $$"), move |line| {
-        sink.borrow_mut().push(line)
-    })?;
-    assert_eq!(*lines.borrow(), ["killed by signal 9"]);
-    Ok(())
-}
-
-#[test]
 fn the_exit_is_reported_while_a_grandchild_still_holds_the_pipe() -> io::Result<()> {
     let _serial = serial();
     let mut sel = Selector::new()?;
@@ -510,5 +475,143 @@ fn a_child_reaped_behind_the_loops_back_is_reported_as_an_error() -> io::Result<
     assert!(child.status.success(), "{child:?}");
     // ECHILD: the status is gone, and the loop says so instead of waiting for ever.
     assert!(stdout.contains("outcome: Some(Err("), "{stdout}");
+    Ok(())
+}
+
+/// The descriptor limit that leaves exactly `free` numbers for new descriptors.
+fn limit_leaving(free: usize) -> io::Result<u64> {
+    let listed: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own descriptor is closed by now: keep only the open ones.
+    let open: std::collections::BTreeSet<i32> =
+        listed.into_iter().filter(|&fd| util::is_open(fd)).collect();
+    let mut left = free;
+    for limit in 0.. {
+        if !open.contains(&limit) {
+            if left == 0 {
+                return Ok(limit as u64);
+            }
+            left -= 1;
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+#[test]
+fn out_of_descriptors_at_any_step_of_a_spawn_leaves_nothing_behind() -> io::Result<()> {
+    const TEST: &str = "out_of_descriptors_at_any_step_of_a_spawn_leaves_nothing_behind";
+    if std::env::var_os(CHILD_VAR).is_none() {
+        let _serial = serial();
+        let child = Command::new(std::env::current_exe()?)
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD_VAR, "1")
+            .output()?;
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(child.status.success(), "{child:?}");
+        // The first limits fail the spawn itself; one fails the exit watch with the pipes
+        // already on the loop (+4 on the machine this was written on); the last ones succeed.
+        assert!(
+            stdout.contains("failed at") && stdout.contains("succeeded at"),
+            "{stdout}"
+        );
+        return Ok(());
+    }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let original = getrlimit(Resource::Nofile);
+    for extra in 0..12 {
+        let mut sel = Selector::new()?;
+        let log = Log::default();
+        let limit = limit_leaving(extra)?;
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(limit),
+                ..original
+            },
+        )?;
+        let outcome = Subprocess::build()
+            .stdout(rec("out", &log))
+            .stderr(rec("err", &log))
+            .on_exit(on_exit(&log))
+            .watch_by_sigchld() // its watch needs descriptors of its own: one more step to fail
+            .spawn(&mut sel, &mut sh("echo hi"));
+        setrlimit(Resource::Nofile, original)?;
+        match outcome {
+            Err(error) => {
+                println!("failed at +{extra}: {error}");
+                sel.run_once(Some(Duration::from_millis(10)))?;
+                assert!(sel.is_empty(), "+{extra}: {sel:?}");
+                assert_eq!(*log.borrow(), [], "+{extra}: a protocol heard of it");
+            }
+            Ok(_) => {
+                println!("succeeded at +{extra}");
+                run_to_end(&mut sel, Duration::from_secs(5))?;
+                assert_eq!(output(&log, "out"), b"hi\n");
+                assert_eq!(exits(&log), [(Some(0), None)]);
+            }
+        }
+        assert_eq!(zombies()?, 0, "+{extra}");
+    }
+    Ok(())
+}
+
+/// Writes nothing: an idle stdin.
+struct Idle(Log);
+
+impl Protocol<PipeWriter> for Idle {
+    fn data(&mut self, _: &mut Transport<'_, PipeWriter>, _: &[u8]) -> io::Result<()> {
+        unreachable!("a write end is never read")
+    }
+    fn lost(&mut self, _: &mut Transport<'_, PipeWriter>, reason: Option<io::Error>) {
+        self.0
+            .borrow_mut()
+            .push(Ev::Lost("in", reason.map(|e| e.kind())));
+    }
+}
+
+#[test]
+fn an_idle_stdin_ends_when_its_child_exits_without_a_write() -> io::Result<()> {
+    let _serial = serial();
+    let mut sel = Selector::new()?;
+    let errors = Rc::new(std::cell::Cell::new(0));
+    let counted = Rc::clone(&errors);
+    sel.set_error_handler(move |_, _, _| counted.set(counted.get() + 1));
+    let log = Log::default();
+    Subprocess::build()
+        .stdin(Idle(Rc::clone(&log)))
+        .on_exit(on_exit(&log))
+        .spawn(&mut sel, &mut sh("sleep 0.1"))?;
+    run_to_end(&mut sel, Duration::from_secs(5))?;
+    let mut events = log
+        .borrow()
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>();
+    events.sort();
+    assert_eq!(
+        events,
+        [r#"Exit(Some(0), None)"#, r#"Lost("in", Some(BrokenPipe))"#]
+    );
+    assert_eq!(errors.get(), 0, "the error handler was called");
+    assert_eq!(zombies()?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_handle_means_nothing_to_another_loop() -> io::Result<()> {
+    let _serial = serial();
+    let (mut first, mut second) = (Selector::new()?, Selector::new()?);
+    let mine = Subprocess::build().spawn(&mut first, Command::new("sleep").arg("30"))?;
+    let theirs = Subprocess::build().spawn(&mut second, Command::new("sleep").arg("30"))?;
+    assert!(!mine.is_running(&mut second));
+    let error = mine.kill(&mut second).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    assert!(
+        theirs.is_running(&mut second),
+        "the other loop's child was touched"
+    );
+    drop((first, second)); // kills and reaps both
+    assert_eq!(zombies()?, 0);
     Ok(())
 }

@@ -6,8 +6,10 @@
 //! connection, and lends the [`Registry`](crate::Registry) for everything else (timers, other
 //! connections by [`ConnId`], loop-wide [state](crate::Registry::state)). [`serve`] runs a
 //! server, [`connect_tcp`] a client, [`start`] drives any other stream (a pipe end, say);
-//! [`Lines`] splits input into bounded lines. [`DatagramEndpoint`] is the datagram
-//! counterpart (UDP and Unix datagram sockets).
+//! [`Lines`] splits input into bounded lines. [`PipeReader`] and [`PipeWriter`] make any
+//! pipe end (a child's stdout, stdin) such a stream; [`crate::process::Subprocess`] spawns a
+//! child with its pipes as transports. [`DatagramEndpoint`] is the datagram counterpart (UDP
+//! and Unix datagram sockets).
 //!
 //! # What a transport promises
 //!
@@ -19,14 +21,15 @@
 //! - **Exactly one `lost`**, after `made`, for every ending, with the reason; the protocol is
 //!   dropped right after it. No protocol method runs inside another of the same protocol; what
 //!   one connection's callback does to another reaches that one's protocol from a deferred call.
-//! - **No `SIGPIPE`**: socket writes pass `MSG_NOSIGNAL`.
+//! - **No `SIGPIPE`**: socket writes pass `MSG_NOSIGNAL`; making a [`PipeWriter`] installs a
+//!   do-nothing `SIGPIPE` handler once per process, so a pipe write fails with `BrokenPipe`.
 //! - **Memory.** One 64 KiB read buffer serves every connection of a thread, hence of a loop
-//!   (callbacks run one at a time), so an idle connection holds no read buffer, and its write buffer is empty (one
-//!   bigger than 64 KiB is freed once flushed). What an idle connection does hold is its
-//!   transport state, its protocol value, its registration and a slot in the loop's table of
-//!   live connections: about 390 heap bytes with a 40-byte protocol, measured over 1,000 idle
-//!   connections on Linux x86-64 (a bare registration costs about 140). Steady-state reading
-//!   and writing allocate nothing.
+//!   (callbacks run one at a time), so an idle connection holds no read buffer, and its write
+//!   buffer is empty (one bigger than 64 KiB is freed once flushed). What an idle connection
+//!   does hold is its transport state, its protocol value, its registration and a slot in the
+//!   loop's table of live connections: about 390 heap bytes with a 40-byte protocol, measured
+//!   over 1,000 idle connections on Linux x86-64 (a bare registration costs about 140).
+//!   Steady-state reading and writing allocate nothing.
 //!
 //! # Examples
 //!

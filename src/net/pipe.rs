@@ -14,7 +14,9 @@ use super::stream::ByteStream;
 ///
 /// `&PipeReader` is [`Read`], and a `PipeReader` is a [`ByteStream`], so
 /// [`start`](super::start) drives it with a [`Protocol`](super::Protocol): `data` per chunk,
-/// `eof` when every writer has closed its end.
+/// `eof` when every writer has closed its end. A terminal (the controlling side of a
+/// pseudo-terminal) reports that its other side has closed with `EIO`; a `PipeReader` reads
+/// that as the end of the stream it is.
 ///
 /// # `O_NONBLOCK` belongs to the open file, not the descriptor
 ///
@@ -183,7 +185,11 @@ fn survive_sigpipe() -> io::Result<()> {
 
 impl Read for &PipeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(|| rustix::io::read(&self.end.fd, &mut *buf))
+        match retry(|| rustix::io::read(&self.end.fd, &mut *buf)) {
+            // A terminal whose other side has closed says so with `EIO`: its end of stream.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => Ok(0),
+            outcome => outcome,
+        }
     }
 }
 
