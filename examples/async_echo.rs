@@ -46,6 +46,8 @@ async fn server(addr: String) -> io::Result<()> {
                 continue;
             }
         };
+        // Small replies go out at once rather than waiting for the previous one's ACK.
+        let _ = conn.get_ref().set_nodelay(true);
         task::spawn(async move {
             if let Err(e) = client(conn).await {
                 eprintln!("connection: {e}");

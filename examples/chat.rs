@@ -1,4 +1,6 @@
-//! A line chat server: each line a client sends goes to every other client.
+//! A line chat server: each line a client sends goes to every other client. It is the Python
+//! notes' `selectors` echo server grown into a chat: what one connection reads goes to the
+//! others instead of back.
 //!
 //! ```text
 //! cargo run --example chat                     # listens on 127.0.0.1:8010

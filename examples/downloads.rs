@@ -8,37 +8,27 @@
 //!
 //! Try `--delay-ms 2000`: ten downloads still take about two seconds, not twenty.
 //!
-//! The notes fetched ten random images from loremflickr.com at once. There is no network here, so
-//! the same selector also runs a tiny HTTP/1.0 server on `127.0.0.1:<free port>` that answers
-//! every `GET` with a random "image" after a delay (a timer, with the connection paused
-//! meanwhile). Ten non-blocking clients connect, send their request, read the response to the
-//! end, and write each body to a file under `std::env::temp_dir()`. The lengths are checked
-//! against `Content-Length`, and the elapsed time shows the downloads overlapped: about one
-//! delay in all, not ten.
+//! The notes fetched ten random images from loremflickr.com at once. There is no network here,
+//! so the same selector also runs a tiny HTTP/1.0 server on `127.0.0.1:<free port>` that answers
+//! every `GET` with a random "image" after a delay (a timer, with the connection waiting
+//! meanwhile). Ten clients ([`connect_tcp`]) send their request, collect the response until the
+//! server closes, and write each body to a file in a directory under `std::env::temp_dir()`
+//! (removed at the end). The lengths are checked against `Content-Length`, and the elapsed
+//! time shows the downloads overlapped: about one delay in all, not ten. Both sides are
+//! [`Protocol`]s on the transport layer, which does the buffering, the non-blocking connect and
+//! the end of stream; `async_downloads` does the same with async tasks.
 
-use std::cell::{Cell, RefCell};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use selreactor::{Event, Interest, Registry, Selector};
-use socket2::{Domain, Socket, Type};
-
-/// What one download produced.
-struct Download {
-    path: PathBuf,
-    bytes: usize,
-}
-
-/// What the whole run produced.
-struct Report {
-    downloads: Vec<Download>,
-    elapsed: Duration,
-}
+use selreactor::net::{
+    connect_tcp, serve, tcp_listener, ListenOptions, Protocol, ServerOptions, Transport,
+};
+use selreactor::{Registry, Selector};
 
 /// A random "image": a JPEG start-of-image marker and pseudo-random bytes, 20–80 KB.
 fn image(seed: u64) -> Vec<u8> {
@@ -59,108 +49,86 @@ fn invalid(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
 }
 
-// --- the server ---
-
-/// A server connection: read the request, wait `delay`, write the response, close.
-struct Exchange {
+/// The server's side of one exchange: read the request, wait `delay`, answer, close.
+struct ImageServer {
     request: Vec<u8>,
-    response: Vec<u8>,
-    sent: usize,
-}
-
-fn start_server(sel: &mut Selector, delay: Duration) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let served = Cell::new(0u64);
-    sel.register(listener, Interest::READ, move |reg, listener, _| loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(true)?;
-                served.set(served.get() + 1);
-                reg.register(stream, Interest::READ, server_side(served.get(), delay))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    })?;
-    Ok(addr)
-}
-
-fn server_side(
     seed: u64,
     delay: Duration,
-) -> impl FnMut(&mut Registry, &TcpStream, Event<TcpStream>) -> io::Result<()> {
-    let exchange = Rc::new(RefCell::new(Exchange {
-        request: Vec::new(),
-        response: Vec::new(),
-        sent: 0,
-    }));
-    move |reg, mut stream, event| {
-        let key = event.key();
-        if event.is_readable() {
-            let mut buf = [0; 1024];
-            let n = match stream.read(&mut buf) {
-                Ok(0) => return reg.remove(key), // gave up before the response
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let mut ex = exchange.borrow_mut();
-            ex.request.extend_from_slice(&buf[..n]);
-            if ex.request.windows(4).any(|w| w == b"\r\n\r\n") {
-                if !ex.request.starts_with(b"GET ") {
-                    return Err(invalid("not a GET"));
-                }
-                // "Fetch the image": pause the connection, answer when the timer fires.
-                reg.modify(key, Interest::NONE)?;
-                let exchange = Rc::clone(&exchange);
-                reg.call_later(delay, move |reg| {
-                    let body = image(seed);
-                    let mut ex = exchange.borrow_mut();
-                    ex.response = format!(
-                        "HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    ex.response.extend_from_slice(&body);
-                    // The connection may have failed meanwhile: then there is no one to answer.
-                    let _ = reg.modify(key, Interest::WRITE);
-                });
-            }
-        } else if event.is_writable() {
-            let mut ex = exchange.borrow_mut();
-            let from = ex.sent;
-            match stream.write(&ex.response[from..]) {
-                Ok(n) => ex.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-            if ex.sent == ex.response.len() {
-                return reg.remove(key); // HTTP/1.0: closing ends the body
-            }
+}
+
+impl Protocol for ImageServer {
+    fn data(&mut self, tx: &mut Transport<'_, TcpStream>, data: &[u8]) -> io::Result<()> {
+        self.request.extend_from_slice(data);
+        if !self.request.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(()); // the request is not complete yet
         }
+        if !self.request.starts_with(b"GET ") {
+            return Err(invalid("not a GET"));
+        }
+        // "Fetch the image": answer when the timer fires. The client may be gone by then.
+        tx.pause_reading();
+        let (conn, body) = (tx.id(), image(self.seed));
+        tx.registry().call_later(self.delay, move |reg| {
+            if let Ok(mut tx) = conn.transport(reg) {
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let sent = tx.write(head.as_bytes()).and_then(|()| tx.write(&body));
+                // HTTP/1.0: the end of the connection is the end of the body.
+                match sent {
+                    Ok(()) => tx.close(),
+                    Err(_) => tx.abort(),
+                }
+            }
+        });
         Ok(())
     }
 }
 
-// --- the clients ---
-
-/// Starts a non-blocking connect (`EINPROGRESS` while the handshake is under way); the socket
-/// becomes writable when it completes.
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_nonblocking(true)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(socket.into())
+/// What the downloads have produced so far, kept in the selector's state.
+struct Results {
+    expected: usize,
+    done: Vec<io::Result<(PathBuf, usize)>>,
 }
 
-/// Splits a complete HTTP/1.0 response into its body, checking status and length.
-fn body_of(response: &[u8]) -> io::Result<&[u8]> {
+/// Records one download's outcome; the last one stops the loop (the server would run on).
+fn finished(reg: &mut Registry, outcome: io::Result<(PathBuf, usize)>) {
+    let results = reg.state::<Results>().expect("inserted by run");
+    results.done.push(outcome);
+    if results.done.len() == results.expected {
+        reg.stop();
+    }
+}
+
+/// One client: send the request, keep what arrives, save the body when the server closes.
+struct Download {
+    request: Vec<u8>,
+    response: Vec<u8>,
+    path: PathBuf,
+}
+
+impl Protocol for Download {
+    fn made(&mut self, tx: &mut Transport<'_, TcpStream>) -> io::Result<()> {
+        tx.write(&self.request)
+    }
+
+    fn data(&mut self, _: &mut Transport<'_, TcpStream>, data: &[u8]) -> io::Result<()> {
+        self.response.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn lost(&mut self, tx: &mut Transport<'_, TcpStream>, reason: Option<io::Error>) {
+        let outcome = match reason {
+            Some(error) => Err(error),
+            None => save(&self.response, &self.path).map(|bytes| (self.path.clone(), bytes)),
+        };
+        finished(tx.registry(), outcome);
+    }
+}
+
+/// Checks a complete HTTP/1.0 response and writes its body to `path`; returns the body's size.
+fn save(response: &[u8], path: &Path) -> io::Result<usize> {
     let end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -172,103 +140,57 @@ fn body_of(response: &[u8]) -> io::Result<&[u8]> {
     let length: usize = head
         .lines()
         .find_map(|line| line.strip_prefix("Content-Length: "))
-        .ok_or_else(|| invalid("no Content-Length"))?
-        .parse()
-        .map_err(|_| invalid("bad Content-Length"))?;
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| invalid("no Content-Length"))?;
     let body = &response[end + 4..];
     if body.len() != length {
         return Err(invalid("body length differs from Content-Length"));
     }
-    Ok(body)
-}
-
-fn start_client(
-    sel: &mut Selector,
-    addr: SocketAddr,
-    path: PathBuf,
-    done: Rc<RefCell<Vec<Download>>>,
-) -> io::Result<()> {
-    let request = format!("GET /320/240 HTTP/1.0\r\nHost: {addr}\r\n\r\n").into_bytes();
-    let mut sent = 0;
-    let mut response = Vec::new();
-    sel.register(
-        connect(addr)?,
-        Interest::WRITE,
-        move |reg, mut stream, event| {
-            if event.is_writable() {
-                if let Some(error) = stream.take_error()? {
-                    return Err(error); // the connect failed
-                }
-                match stream.write(&request[sent..]) {
-                    Ok(n) => sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-                if sent == request.len() {
-                    reg.modify(event.key(), Interest::READ)?;
-                }
-                return Ok(());
-            }
-            let mut buf = [0; 16 * 1024];
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => response.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            }
-            // End of stream: the whole response is in.
-            let body = body_of(&response)?;
-            fs::write(&path, body)?; // a small synchronous write, as in the notes
-            done.borrow_mut().push(Download {
-                path: path.clone(),
-                bytes: body.len(),
-            });
-            reg.remove(event.key())
-        },
-    )?;
-    Ok(())
+    fs::write(path, body)?; // a small synchronous write, as in the notes
+    Ok(body.len())
 }
 
 /// Runs `count` concurrent downloads from a local server that answers after `delay`, saving
-/// the bodies under `dir`.
-fn run(count: usize, delay: Duration, dir: &Path) -> io::Result<Report> {
+/// the bodies under `dir`; returns them and the time they took.
+fn run(count: usize, delay: Duration, dir: &Path) -> io::Result<(Vec<(PathBuf, usize)>, Duration)> {
     fs::create_dir_all(dir)?;
     let mut sel = Selector::new()?;
-    let failed = Rc::new(Cell::new(false));
-    let f = Rc::clone(&failed);
-    sel.set_error_handler(move |reg, token, error| {
-        eprintln!("connection {token} failed: {error}");
-        f.set(true);
-        reg.stop();
+    let listener = tcp_listener(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &ListenOptions::default(),
+    )?;
+    let addr = listener.local_addr()?;
+    let mut served = 0;
+    serve(&mut sel, listener, ServerOptions::default(), move |_, _| {
+        served += 1;
+        ImageServer {
+            request: Vec::new(),
+            seed: served,
+            delay,
+        }
+    })?;
+
+    sel.insert_state(Results {
+        expected: count,
+        done: Vec::new(),
     });
-    let addr = start_server(&mut sel, delay)?;
-    let done = Rc::new(RefCell::new(Vec::new()));
     let start = Instant::now();
     for i in 0..count {
-        let path = dir.join(format!("{i}.jpeg"));
-        start_client(&mut sel, addr, path, Rc::clone(&done))?;
+        let download = Download {
+            request: format!("GET /320/240 HTTP/1.0\r\nHost: {addr}\r\n\r\n").into_bytes(),
+            response: Vec::new(),
+            path: dir.join(format!("{i}.jpeg")),
+        };
+        let timeout = Some(Duration::from_secs(10));
+        connect_tcp(&mut sel, addr, timeout, download, |reg, error| {
+            finished(reg, Err(error)) // the connect failed or timed out
+        })?;
     }
-    // The listener keeps `run` going forever: stop once every download has landed.
-    let watched = Rc::clone(&done);
-    sel.call_every(Duration::from_millis(5), move |reg, _| {
-        if watched.borrow().len() == count {
-            reg.stop();
-        }
-    });
     sel.run()?;
     let elapsed = start.elapsed();
-    if failed.get() {
-        return Err(io::Error::other("a download failed"));
-    }
-    let downloads = done.take();
-    for download in &downloads {
-        if fs::metadata(&download.path)?.len() != download.bytes as u64 {
-            return Err(invalid("file length differs from the body"));
-        }
-    }
-    Ok(Report { downloads, elapsed })
+    let results = sel.take_state::<Results>().expect("inserted above");
+    let downloads = results.done.into_iter().collect::<io::Result<Vec<_>>>()?;
+    Ok((downloads, elapsed))
 }
 
 fn main() -> ExitCode {
@@ -291,14 +213,15 @@ fn main() -> ExitCode {
     let result = run(10, delay, &dir);
     let _ = fs::remove_dir_all(&dir);
     match result {
-        Ok(report) => {
-            for download in &report.downloads {
-                println!("{} ({} bytes)", download.path.display(), download.bytes);
+        Ok((downloads, elapsed)) => {
+            for (path, bytes) in &downloads {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                println!("{name} ({bytes} bytes)");
             }
             println!(
                 "{} downloads in {:.3} s (server delay {:.3} s each)",
-                report.downloads.len(),
-                report.elapsed.as_secs_f64(),
+                downloads.len(),
+                elapsed.as_secs_f64(),
                 delay.as_secs_f64()
             );
             ExitCode::SUCCESS

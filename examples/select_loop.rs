@@ -119,7 +119,7 @@ fn main() -> ExitCode {
 fn serve(addr: &str) -> io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
-    println!("serving on {}", listener.local_addr()?);
+    println!("listening on {}", listener.local_addr()?);
     let mut sel = Selector::new()?;
     sel.register(listener, Interest::READ, accept)?;
     sel.run()

@@ -7,29 +7,29 @@
 //! cargo run --example subprocess -- sh -c 'echo bye; kill -TERM $$'
 //! ```
 //!
-//! What it shows:
+//! This is what `asyncio.create_subprocess_exec` is for; the Python notes have no program of
+//! their own for it. What it shows:
 //! - **Pipes as transports.** Each of the child's streams is a transport with a protocol of its
 //!   own; [`Lines`] splits what arrives into lines, keeping a last line that has no newline for
 //!   the end of the stream, and refusing (once, then going on) a line longer than 64 KiB.
 //! - **Exit and end of output are two events.** The child can exit while a grandchild still
 //!   holds its pipes, or close its stdout and run on. The last line waits for both, so it comes
 //!   after every line of output.
-//! - **State without `Rc<RefCell>`.** What the callbacks share (the exit status, the streams
-//!   still open, where to print) lives in the loop's state, reached from every callback.
+//! - **State without `Rc<RefCell>`.** What the callbacks share (the exit status and the
+//!   streams still open) lives in the loop's state, reached from every callback.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitCode, ExitStatus};
 
 use selreactor::net::{Lines, PipeReader, Protocol, Transport};
 use selreactor::process::Subprocess;
 use selreactor::{Registry, Selector};
 
-/// What the callbacks share: the status once known, the streams not yet ended, the output.
+/// What the callbacks share: the status once known, and the streams not yet ended.
 struct Progress {
     status: Option<io::Result<ExitStatus>>,
     open_streams: usize,
-    emit: Box<dyn FnMut(String)>,
 }
 
 /// Labels each line of one stream.
@@ -48,28 +48,28 @@ impl Labelled {
 }
 
 impl Protocol<PipeReader> for Labelled {
-    fn data(&mut self, tx: &mut Transport<'_, PipeReader>, data: &[u8]) -> io::Result<()> {
-        let progress = tx.registry().state::<Progress>().expect("set by run");
+    fn data(&mut self, _: &mut Transport<'_, PipeReader>, data: &[u8]) -> io::Result<()> {
         self.lines.feed(data, |line| {
-            let text = match line {
-                Ok(line) => String::from_utf8_lossy(line).into_owned(),
-                Err(too_long) => format!("<{too_long}>"),
-            };
-            (progress.emit)(format!("[{}] {text}", self.label));
+            match line {
+                Ok(line) => println!("[{}] {}", self.label, String::from_utf8_lossy(line)),
+                Err(too_long) => println!("[{}] <{too_long}>", self.label),
+            }
             Ok(())
         })
     }
 
     fn lost(&mut self, tx: &mut Transport<'_, PipeReader>, reason: Option<io::Error>) {
-        let progress = tx.registry().state::<Progress>().expect("set by run");
         if let Some(partial) = self.lines.finish() {
             let text = String::from_utf8_lossy(&partial);
-            (progress.emit)(format!("[{}] {text} (no newline at the end)", self.label));
+            println!("[{}] {text} (no newline at the end)", self.label);
         }
         if let Some(error) = reason {
-            (progress.emit)(format!("[{}] read error: {error}", self.label));
+            println!("[{}] read error: {error}", self.label);
         }
-        progress.open_streams -= 1;
+        tx.registry()
+            .state::<Progress>()
+            .expect("set by run")
+            .open_streams -= 1;
         finish_if_done(tx.registry());
     }
 }
@@ -83,24 +83,22 @@ fn finish_if_done(registry: &mut Registry) {
     let Some(status) = progress.status.take() else {
         return;
     };
-    let line = match status {
+    match status {
         Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(signal)) => format!("killed by signal {signal}"),
-            (None, None) => format!("ended: {status}"),
+            (Some(code), _) => println!("exited with code {code}"),
+            (None, Some(signal)) => println!("killed by signal {signal}"),
+            (None, None) => println!("ended: {status}"),
         },
-        Err(e) => format!("exit status unknown: {e}"),
-    };
-    (progress.emit)(line);
+        Err(e) => println!("exit status unknown: {e}"),
+    }
 }
 
-/// Runs `command` to its end, passing each line of the report to `emit`.
-pub fn run(command: &mut Command, emit: impl FnMut(String) + 'static) -> io::Result<()> {
+/// Runs `command` to its end, printing what it says and how it ended.
+fn run(command: &mut Command) -> io::Result<()> {
     let mut sel = Selector::new()?;
     sel.insert_state(Progress {
         status: None,
         open_streams: 2,
-        emit: Box::new(emit),
     });
     Subprocess::build()
         .stdout(Labelled::new("stdout"))
@@ -113,17 +111,24 @@ pub fn run(command: &mut Command, emit: impl FnMut(String) + 'static) -> io::Res
     sel.run() // until the child is reaped and both pipes have ended
 }
 
-#[allow(dead_code)] // a test includes this file as a module and calls `run`
-fn main() -> io::Result<()> {
-    const USAGE: &str = "usage: subprocess CMD [ARGS...]";
+fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    let Some(program) = args.next() else {
-        eprintln!("{USAGE}");
-        std::process::exit(2);
+    let program = match args.next() {
+        Some(program) if program != "-h" && program != "--help" => program,
+        Some(_) => {
+            println!("usage: subprocess CMD [ARGS...]");
+            return ExitCode::SUCCESS;
+        }
+        None => {
+            eprintln!("usage: subprocess CMD [ARGS...]");
+            return ExitCode::from(2);
+        }
     };
-    if program == "-h" || program == "--help" {
-        println!("{USAGE}");
-        return Ok(());
+    match run(Command::new(&program).args(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("subprocess: {}: {e}", program.to_string_lossy());
+            ExitCode::FAILURE
+        }
     }
-    run(Command::new(program).args(args), |line| println!("{line}"))
 }

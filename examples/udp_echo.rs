@@ -13,7 +13,8 @@
 //! s.sendto(b"hi", ("127.0.0.1", 8009)); print(s.recvfrom(100))'
 //! ```
 //!
-//! Ctrl-C stops it and prints what it echoed. What the datagram layer does for it:
+//! No program of the Python notes works with datagrams; this is their `selectors` echo server
+//! for UDP. Ctrl-C stops it and prints what it echoed. What the datagram layer does for it:
 //! - **No framing, no connections.** Each `datagram` call gets one whole datagram (an empty
 //!   one included) with its sender's address; there is no end of stream to watch for.
 //! - **Sending never blocks.** When the socket is full, a reply is queued (up to a bound) or
@@ -23,23 +24,24 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::process::ExitCode;
 
 use selreactor::net::{DatagramContext, DatagramEndpoint, DatagramProtocol, Sent};
-use selreactor::{Registry, Selector};
+use selreactor::Selector;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// The echo protocol: its state is its totals.
 #[derive(Debug, Default)]
-pub struct Echo {
-    pub echoed: u64,
-    pub dropped: u64,
+struct Echo {
+    echoed: u64,
+    dropped: u64,
 }
 
 impl DatagramProtocol for Echo {
     type Socket = UdpSocket;
 
     fn made(&mut self, endpoint: &mut DatagramContext<'_, Self>) -> io::Result<()> {
-        println!("echoing datagrams on {}", endpoint.socket().local_addr()?);
+        println!("udp_echo: listening on {}", endpoint.socket().local_addr()?);
         Ok(())
     }
 
@@ -70,30 +72,34 @@ impl DatagramProtocol for Echo {
     }
 }
 
-/// Starts the echo on `addr`; the loop serves it once run.
-pub fn start(registry: &mut Registry, addr: SocketAddr) -> io::Result<DatagramEndpoint<Echo>> {
-    DatagramEndpoint::bind_udp(registry, addr, Echo::default())
-}
-
-#[allow(dead_code)] // a test includes this file as a module and calls `start`
-fn main() -> io::Result<()> {
-    const USAGE: &str = "usage: udp_echo [ADDR]   (default 127.0.0.1:8009)";
+fn main() -> ExitCode {
     let addr = match std::env::args().nth(1).as_deref() {
         None => SocketAddr::from(([127, 0, 0, 1], 8009)),
         Some("-h" | "--help") => {
-            println!("{USAGE}");
-            return Ok(());
+            println!("usage: udp_echo [ADDRESS]   (default 127.0.0.1:8009)");
+            return ExitCode::SUCCESS;
         }
         Some(arg) => match arg.parse() {
             Ok(addr) => addr,
-            Err(e) => {
-                eprintln!("udp_echo: {arg}: {e}\n{USAGE}");
-                std::process::exit(2);
+            Err(_) => {
+                eprintln!("udp_echo: {arg:?} is not IP:PORT");
+                return ExitCode::from(2);
             }
         },
     };
+    match serve(addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("udp_echo: {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Echoes on `addr` until SIGINT or SIGTERM.
+fn serve(addr: SocketAddr) -> io::Result<()> {
     let mut sel = Selector::new()?;
-    let echo = start(&mut sel, addr)?;
+    let echo = DatagramEndpoint::bind_udp(&mut sel, addr, Echo::default())?;
     sel.on_signals(&[SIGINT, SIGTERM], move |reg, _| {
         echo.abort(reg)?; // prints the totals (replies still queued are dropped)
         reg.stop();

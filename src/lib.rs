@@ -105,11 +105,21 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! That is the core: readiness and callbacks, with the buffering left to you. The [`net`] module
+//! builds the rest on it, as asyncio's transports and protocols do: a [`Protocol`](net::Protocol)
+//! per connection receives data and writes through a [`Transport`](net::Transport) that
+//! buffers what the socket does not take, applies flow control, half-closes, and accepts with
+//! the out-of-descriptors pause above; its page has the same echo server in a dozen lines.
+//!
+//! [`process`] runs child processes with their pipes as transports, and, with the default
+//! `async` feature, `task` runs async/await tasks on the same loop, beside the callbacks.
+//!
 //! The repository's `examples/` directory has complete programs, each with a header saying how
-//! to run it and what to try: `echo` (the server above with back-pressure limits, fair accepting
-//! and graceful shutdown on SIGINT/SIGTERM), `timers`, `round_robin`, `select_loop`, `downloads`
-//! and `echo_reuseport` (one selector per thread on a shared port). Run one with
-//! `cargo run --example echo`.
+//! to run it and what to try: servers on [`net`] (`echo`, `chat`, `udp_echo`), on the bare
+//! core (`select_loop`, `echo_reuseport`: one selector per thread on a shared port) and as
+//! tasks (`async_echo`); time (`timers`, `async_timers`), deferred calls (`round_robin`),
+//! concurrent clients (`downloads`, `async_downloads`), `coroutines` and `subprocess`. Run one
+//! with `cargo run --example echo`.
 //!
 //! # Transports, protocols and loop-wide state
 //!

@@ -442,6 +442,60 @@ fn an_allocation_inside_a_callback_is_counted() -> io::Result<()> {
     Ok(())
 }
 
+/// Echoes through the transport layer.
+struct TransportEcho;
+
+impl selreactor::net::Protocol<UnixStream> for TransportEcho {
+    fn data(
+        &mut self,
+        tx: &mut selreactor::net::Transport<'_, UnixStream>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        tx.write(data)
+    }
+}
+
+/// A transport's steady state (read into the loop's shared buffer, call the protocol, write
+/// straight through) allocates nothing per event, over 16 connections.
+#[test]
+fn transport_echo_round_trips_allocate_nothing() -> io::Result<()> {
+    const CONNECTIONS: usize = 16;
+    let mut sel = Selector::new()?;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (ours, theirs) = UnixStream::pair()?;
+        theirs.set_nonblocking(true)?;
+        selreactor::net::start(&mut sel, ours, TransportEcho).map_err(io::Error::from)?;
+        clients.push(theirs);
+    }
+    let mut buf = [0u8; 64];
+    let mut round = |sel: &mut Selector| -> io::Result<()> {
+        for client in &clients {
+            io::Write::write_all(&mut &*client, &[7; 64])?;
+        }
+        for client in &clients {
+            let mut got = 0;
+            while got < 64 {
+                match io::Read::read(&mut &*client, &mut buf[got..]) {
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        sel.run_once(Some(Duration::from_secs(5)))?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    };
+    for _ in 0..WARM_UP {
+        round(&mut sel)?;
+    }
+    let (result, counts) = measure(|| (0..ITERATIONS / 10).try_for_each(|_| round(&mut sel)));
+    result?;
+    assert_eq!(counts, Counts::ZERO, "a transport round trip allocated");
+    Ok(())
+}
+
 /// Echoes each datagram to its sender.
 struct DatagramEcho;
 
@@ -498,59 +552,5 @@ fn a_udp_echo_round_trip_allocates_nothing_and_an_idle_endpoint_little() -> io::
     });
     outcome?;
     assert_eq!(counts, Counts::ZERO);
-    Ok(())
-}
-
-/// Echoes through the transport layer.
-struct TransportEcho;
-
-impl selreactor::net::Protocol<UnixStream> for TransportEcho {
-    fn data(
-        &mut self,
-        tx: &mut selreactor::net::Transport<'_, UnixStream>,
-        data: &[u8],
-    ) -> io::Result<()> {
-        tx.write(data)
-    }
-}
-
-/// A transport's steady state (read into the loop's shared buffer, call the protocol, write
-/// straight through) allocates nothing per event, over 16 connections.
-#[test]
-fn transport_echo_round_trips_allocate_nothing() -> io::Result<()> {
-    const CONNECTIONS: usize = 16;
-    let mut sel = Selector::new()?;
-    let mut clients = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let (ours, theirs) = UnixStream::pair()?;
-        theirs.set_nonblocking(true)?;
-        selreactor::net::start(&mut sel, ours, TransportEcho).map_err(io::Error::from)?;
-        clients.push(theirs);
-    }
-    let mut buf = [0u8; 64];
-    let mut round = |sel: &mut Selector| -> io::Result<()> {
-        for client in &clients {
-            io::Write::write_all(&mut &*client, &[7; 64])?;
-        }
-        for client in &clients {
-            let mut got = 0;
-            while got < 64 {
-                match io::Read::read(&mut &*client, &mut buf[got..]) {
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        sel.run_once(Some(Duration::from_secs(5)))?;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(())
-    };
-    for _ in 0..WARM_UP {
-        round(&mut sel)?;
-    }
-    let (result, counts) = measure(|| (0..ITERATIONS / 10).try_for_each(|_| round(&mut sel)));
-    result?;
-    assert_eq!(counts, Counts::ZERO, "a transport round trip allocated");
     Ok(())
 }

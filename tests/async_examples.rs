@@ -1,21 +1,18 @@
 //! The async examples, run as the processes a reader would start (built next to this test
 //! binary by `cargo test`), their output checked.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+#[path = "util/example.rs"]
+mod example;
+
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn example(name: &str) -> Command {
-    let mut path: PathBuf = std::env::current_exe().expect("the test binary's path");
-    path.pop(); // the binary
-    path.pop(); // deps/
-    Command::new(path.join("examples").join(name))
-}
+use example::{command, Example};
 
-fn run(command: &mut Command) -> io::Result<(Output, String)> {
-    let output = command.output()?;
+fn run(mut command: Command) -> io::Result<(Output, String)> {
+    let output = example::finish(&mut command, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -27,7 +24,10 @@ fn run(command: &mut Command) -> io::Result<(Output, String)> {
 
 #[test]
 fn async_downloads_overlap_and_report_like_the_callback_version() -> io::Result<()> {
-    let (_, stdout) = run(example("async_downloads").args(["--count", "10", "--delay-ms", "300"]))?;
+    let (_, stdout) = run(args(
+        "async_downloads",
+        &["--count", "10", "--delay-ms", "300"],
+    ))?;
     let last = stdout.lines().last().unwrap_or_default();
     let rest = last
         .strip_prefix("10 downloads in ")
@@ -46,7 +46,7 @@ fn async_downloads_overlap_and_report_like_the_callback_version() -> io::Result<
 #[test]
 fn async_timers_counts_tenths_and_says_every_three_seconds() -> io::Result<()> {
     let start = Instant::now();
-    let (_, stdout) = run(example("async_timers").args(["--secs", "3.25"]))?;
+    let (_, stdout) = run(args("async_timers", &["--secs", "3.25"]))?;
     assert!(start.elapsed() >= Duration::from_millis(3250));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[..2], ["1", "0 seconds have passed"]);
@@ -60,7 +60,7 @@ fn async_timers_counts_tenths_and_says_every_three_seconds() -> io::Result<()> {
 
 #[test]
 fn coroutines_prints_the_notes_results() -> io::Result<()> {
-    let (_, stdout) = run(&mut example("coroutines"))?;
+    let (_, stdout) = run(command("coroutines"))?;
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [
@@ -75,36 +75,14 @@ fn coroutines_prints_the_notes_results() -> io::Result<()> {
     Ok(())
 }
 
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn async_echo_serves_concurrent_connections() -> io::Result<()> {
-    let mut server = Server(
-        example("async_echo")
-            .arg("127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .spawn()?,
-    );
-    let mut first = String::new();
-    BufReader::new(server.0.stdout.take().expect("piped")).read_line(&mut first)?;
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
+    let server = Example::start("async_echo", &["127.0.0.1:0"])?;
+    let addr = server.addr;
     let clients: Vec<_> = (0..8u8)
         .map(|i| {
-            let addr = addr.clone();
             std::thread::spawn(move || -> io::Result<Vec<u8>> {
-                let mut conn = TcpStream::connect(&addr)?;
+                let mut conn = TcpStream::connect(addr)?;
                 conn.set_read_timeout(Some(Duration::from_secs(5)))?;
                 let message: Vec<u8> = (0..100_000u32).map(|k| (k as u8) ^ i).collect();
                 let mut writer = conn.try_clone()?;
@@ -122,11 +100,18 @@ fn async_echo_serves_concurrent_connections() -> io::Result<()> {
         client.join().expect("a client panicked")?;
     }
     // One connection closing does not stop the server.
-    let mut conn = TcpStream::connect(&addr)?;
+    let mut conn = TcpStream::connect(addr)?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.write_all(b"still there?")?;
     let mut reply = [0; 12];
     conn.read_exact(&mut reply)?;
     assert_eq!(&reply, b"still there?");
     Ok(())
+}
+
+/// The example `name` with `args`.
+fn args(name: &str, args: &[&str]) -> Command {
+    let mut command = command(name);
+    command.args(args);
+    command
 }

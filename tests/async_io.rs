@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures_lite::io::BufReader;
 use futures_lite::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, StreamExt};
+use selreactor::net::{PipeReader, PipeWriter};
 use selreactor::task::{self, Async};
 use selreactor::Selector;
 use util::*;
@@ -138,8 +139,8 @@ fn sixty_four_mib_through_a_child_process_pipes() -> io::Result<()> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    let stdin = File::from(OwnedFd::from(child.stdin.take().expect("piped")));
-    let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped")));
+    let stdin = PipeWriter::new(child.stdin.take().expect("piped"))?;
+    let stdout = PipeReader::new(child.stdout.take().expect("piped"))?;
     let received = task::block_on(async move {
         let stdin = Async::new(stdin)?;
         let stdout = Async::new(stdout)?;
@@ -216,7 +217,7 @@ fn lines_from_a_child_process() -> io::Result<()> {
         .args(["-c", "printf 'one\\ntwo\\nthree\\n'"])
         .stdout(Stdio::piped())
         .spawn()?;
-    let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped")));
+    let stdout = PipeReader::new(child.stdout.take().expect("piped"))?;
     let lines = task::block_on(async move {
         let stdout = Async::new(stdout)?;
         BufReader::new(stdout)
@@ -437,5 +438,96 @@ fn async_read_is_implemented_for_owned_and_borrowed_wrappers() {
     is_stream::<&Async<TcpStream>>();
     is_stream::<Async<UnixStream>>();
     is_stream::<Async<File>>();
+    fn is_writer<T: futures_lite::AsyncWrite>() {}
+    fn is_reader<T: AsyncRead>() {}
+    is_writer::<Async<PipeWriter>>();
+    is_reader::<Async<PipeReader>>();
     let _: Option<Pin<&mut Async<File>>> = None;
+}
+
+/// B8: `read` raced against short timeouts loses no bytes: a read that is cancelled has
+/// consumed nothing.
+#[test]
+fn reads_cancelled_by_timeouts_lose_no_bytes() -> io::Result<()> {
+    let _serial = serial();
+    let total = scaled(2 << 20, 256 << 10);
+    let (ours, theirs) = UnixStream::pair()?;
+    let writer = std::thread::spawn(move || -> io::Result<()> {
+        let mut theirs = theirs;
+        let mut sent = 0;
+        let mut chunks = Chunks(9);
+        while sent < total {
+            let n = chunks.next(8192).min(total - sent);
+            let bytes: Vec<u8> = (sent..sent + n).map(|i| pattern(i as u64)).collect();
+            theirs.write_all(&bytes)?;
+            sent += n;
+            if chunks.next(4) == 1 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        Ok(())
+    });
+    let (received, cancelled) = task::block_on(async move {
+        let ours = Async::new(ours)?;
+        let (mut received, mut cancelled) = (0u64, 0u32);
+        let mut buf = vec![0; 4096];
+        loop {
+            match task::timeout(Duration::from_micros(100), (&ours).read(&mut buf)).await {
+                Err(_) => cancelled += 1,
+                Ok(read) => {
+                    let n = read?;
+                    if n == 0 {
+                        return io::Result::Ok((received, cancelled));
+                    }
+                    for (k, &byte) in buf[..n].iter().enumerate() {
+                        assert_eq!(
+                            byte,
+                            pattern(received + k as u64),
+                            "at {}",
+                            received + k as u64
+                        );
+                    }
+                    received += n as u64;
+                }
+            }
+        }
+    })??;
+    writer.join().expect("the writer panicked")?;
+    assert_eq!(received, total as u64);
+    println!("{cancelled} reads cancelled");
+    Ok(())
+}
+
+/// B8: `accept` raced against short timeouts while clients keep connecting: every client is
+/// accepted, none lost to a cancelled accept.
+#[test]
+fn accepts_cancelled_by_timeouts_lose_no_connection() -> io::Result<()> {
+    let _serial = serial();
+    let clients = scaled(200, 50);
+    let accepted = task::block_on(async move {
+        let listener = Async::<TcpListener>::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let connector = std::thread::spawn(move || -> io::Result<Vec<TcpStream>> {
+            let mut streams = Vec::new();
+            for i in 0..clients {
+                streams.push(TcpStream::connect(addr)?);
+                if i % 7 == 0 {
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            }
+            Ok(streams)
+        });
+        let mut accepted = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while accepted.len() < clients && std::time::Instant::now() < deadline {
+            if let Ok(result) = task::timeout(Duration::from_micros(10), listener.accept()).await {
+                accepted.push(result?.0);
+            }
+        }
+        let streams = connector.join().expect("the connector panicked")?;
+        assert_eq!(streams.len(), clients);
+        io::Result::Ok(accepted.len())
+    })??;
+    assert_eq!(accepted, clients);
+    Ok(())
 }

@@ -14,10 +14,6 @@ use selreactor::net::{
 };
 use selreactor::Selector;
 
-#[allow(dead_code)]
-#[path = "../examples/udp_echo.rs"]
-mod udp_echo_example;
-
 #[path = "util/net.rs"]
 mod net_util;
 
@@ -452,37 +448,6 @@ fn the_handle_is_refused_inside_its_own_callback() -> io::Result<()> {
     client(addr)?.send_to(b"x", addr)?;
     run_until(&mut sel, "the endpoint to end", |sel| Ok(sel.is_empty()))?;
     assert_eq!(*outcome.borrow(), Some(io::ErrorKind::ResourceBusy));
-    Ok(())
-}
-
-#[test]
-fn udp_echo_example_sends_each_datagram_back_to_its_sender() -> io::Result<()> {
-    let mut sel = Selector::new()?;
-    let echo = udp_echo_example::start(&mut sel, "127.0.0.1:0".parse().unwrap())?;
-    let addr = echo.local_addr(&sel)?;
-    let (alice, bob) = (client(addr)?, client(addr)?);
-    alice.send_to(b"from alice", addr)?;
-    bob.send_to(b"from bob", addr)?;
-    let mut replies = Vec::new();
-    let mut buf = [0; 64];
-    alice.set_nonblocking(true)?;
-    bob.set_nonblocking(true)?;
-    run_until(&mut sel, "both replies", |_| {
-        for peer in [&alice, &bob] {
-            if let Ok(n) = peer.recv(&mut buf) {
-                replies.push((peer.local_addr()?, buf[..n].to_vec()));
-            }
-        }
-        Ok(replies.len() == 2)
-    })?;
-    replies.sort();
-    let mut expected = vec![
-        (alice.local_addr()?, b"from alice".to_vec()),
-        (bob.local_addr()?, b"from bob".to_vec()),
-    ];
-    expected.sort();
-    assert_eq!(replies, expected);
-    echo.abort(&mut sel)?;
     Ok(())
 }
 

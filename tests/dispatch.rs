@@ -333,6 +333,7 @@ fn a_callback_sees_its_own_key_and_source_and_others_sources() -> io::Result<()>
 
 #[test]
 fn stop_from_a_callback_finishes_the_iteration_then_run_returns_and_runs_again() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let (a, mut pa) = readable_pair()?;
     let (b, _pb) = readable_pair()?;
@@ -367,6 +368,7 @@ fn stop_from_a_callback_finishes_the_iteration_then_run_returns_and_runs_again()
 
 #[test]
 fn stop_requested_before_run_returns_after_one_iteration_without_blocking() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let (idle, _peer) = pair()?;
     sel.register(idle, Interest::READ, noop())?;
@@ -488,6 +490,7 @@ fn a_failing_callback_is_removed_reported_with_its_token_and_others_carry_on() -
 
 #[test]
 fn without_a_handler_errors_go_to_the_log_facade_and_the_loop_goes_on() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     capture_log();
     let mut sel = Selector::new()?;
     let (bad, _bad_peer) = readable_pair()?;

@@ -19,12 +19,6 @@ fn pattern(offset: usize, len: usize) -> Vec<u8> {
     (offset..offset + len).map(|i| (i % 251) as u8).collect()
 }
 
-fn join<T>(thread: thread::JoinHandle<io::Result<T>>) -> io::Result<T> {
-    thread
-        .join()
-        .map_err(|_| io::Error::other("a client thread panicked"))?
-}
-
 #[test]
 fn it_prints_the_address_it_bound_and_echoes_both_ways_at_once_exactly() -> io::Result<()> {
     let total = util::scaled(64 << 20, 4 << 20);
@@ -32,18 +26,19 @@ fn it_prints_the_address_it_bound_and_echoes_both_ways_at_once_exactly() -> io::
     assert_ne!(echo.addr.port(), 0);
     let stream = echo.connect()?;
     let mut writer_side = stream.try_clone()?;
-    let writer = thread::spawn(move || -> io::Result<()> {
+    let writer = thread::spawn(move || -> io::Result<usize> {
         for offset in (0..total).step_by(1 << 20) {
             writer_side.write_all(&pattern(offset, (total - offset).min(1 << 20)))?;
         }
-        writer_side.shutdown(Shutdown::Write)
+        writer_side.shutdown(Shutdown::Write).map(|()| 0)
     });
     let mut reader_side = stream.try_clone()?;
     let reader = thread::spawn(move || -> io::Result<usize> {
         let mut buf = vec![0; 1 << 16];
         let mut offset = 0;
         loop {
-            let n = reader_side.read(&mut buf)?;
+            let n =
+                util::retry_interrupted(Duration::from_secs(60), || reader_side.read(&mut buf))?;
             if n == 0 {
                 return Ok(offset);
             }
@@ -53,8 +48,9 @@ fn it_prints_the_address_it_bound_and_echoes_both_ways_at_once_exactly() -> io::
             offset += n;
         }
     });
-    join(writer)?;
-    assert_eq!(join(reader)?, total, "the echo ended early");
+    // Either may fail first, leaving the other blocked: join so that the failure surfaces.
+    let done = util::join_all(vec![writer, reader], Duration::from_secs(300))?;
+    assert_eq!(done[1], total, "the echo ended early");
     Ok(())
 }
 
@@ -137,13 +133,14 @@ fn ctrl_c_ends_the_connections_and_prints_the_totals() -> io::Result<()> {
 fn answered(stream: &TcpStream, within: Duration) -> io::Result<bool> {
     stream.set_read_timeout(Some(within))?;
     let mut byte = [0];
-    match (&*stream).read(&mut byte) {
+    // A stop of this process interrupts the read (EINTR): ask again, within the same time.
+    match util::retry_interrupted(within, || (&*stream).read(&mut byte)) {
         Ok(1) => Ok(true),
         Ok(_) => Err(io::Error::other("the server closed a waiting client")),
         Err(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
             ) =>
         {
             Ok(false)

@@ -143,6 +143,7 @@ fn a_signal_storm_neither_errors_nor_shortens_nor_stretches_a_wait() -> io::Resu
 
 #[test]
 fn a_signal_storm_does_not_end_an_unbounded_wait_but_a_wake_does() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let _serial = serial();
     install_handler();
     let (mut sel, _peer) = idle_selector()?;

@@ -1,117 +1,31 @@
 //! The examples, run as a user runs them: each built binary (`cargo test` builds them next to
 //! the test binaries, in `target/<profile>/examples/`) is started as a process, driven over
-//! loopback, and its output checked.
+//! loopback, and its output checked. The echo and chat servers have suites of their own.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+#[path = "util/example.rs"]
+mod example;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The built example `name`.
-fn example(name: &str) -> Command {
-    // The test binary is target/<profile>/deps/examples-<hash>; examples sit in
-    // target/<profile>/examples/.
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path: PathBuf = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples (or run `cargo build --examples`)",
-        path.display()
-    );
-    let mut command = Command::new(path);
-    command.stdin(Stdio::null());
-    command
-}
+use example::{command, stdout_lines, Example};
 
-/// Runs an example to completion; `secs` is a generous bound after which it is killed and the
-/// test fails instead of hanging.
-fn finish(mut command: Command, secs: u64) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the example");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the example did not finish within {secs} s");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("collect the output")
-}
+/// How long an example that ends by itself may take before the test gives up on it.
+const LIMIT: Duration = Duration::from_secs(60);
 
-fn stdout_lines(output: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A server example running in the background; killed when dropped, so a failing test never
-/// leaves it behind.
-struct Server {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(mut command: Command) -> Server {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the example");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Server { child, stdout }
-    }
-
-    /// The next line the server prints (its first one says where it listens).
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("read the server's output");
-        line.trim_end().to_owned()
-    }
-
-    /// The address in a first line that ends with it ("serving on 127.0.0.1:40123").
-    fn address(&mut self) -> SocketAddr {
-        let line = self.line();
-        let addr = line.rsplit(' ').next().unwrap_or_default();
-        addr.parse()
-            .unwrap_or_else(|_| panic!("no address at the end of {line:?}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect(addr)?;
-    // A server that stops answering fails the test rather than hanging it.
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    Ok(stream)
+fn finish(mut command: Command) -> Output {
+    example::finish(&mut command, LIMIT)
 }
 
 #[test]
 fn timers_prints_the_counter_every_tenth_and_the_clock_at_start() {
     let start = Instant::now();
-    let mut timers = example("timers");
+    let mut timers = command("timers");
     timers.args(["--secs", "0.35"]);
-    let output = finish(timers, 60);
+    let output = finish(timers);
     let elapsed = start.elapsed();
     assert!(output.status.success(), "{output:?}");
     assert!(elapsed >= Duration::from_millis(350), "{elapsed:?}");
@@ -127,16 +41,16 @@ fn timers_prints_the_counter_every_tenth_and_the_clock_at_start() {
 
 #[test]
 fn timers_rejects_a_bad_argument_with_usage() {
-    let mut timers = example("timers");
+    let mut timers = command("timers");
     timers.args(["--secs", "soon"]);
-    let output = finish(timers, 60);
+    let output = finish(timers);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("usage: timers"));
 }
 
 #[test]
 fn round_robin_interleaves_the_two_tasks() {
-    let output = finish(example("round_robin"), 60);
+    let output = finish(command("round_robin"));
     assert!(output.status.success(), "{output:?}");
     let expected = [
         "'a'", "0", "'n'", "1", "'y'", "2", "' '", "3", "'s'", "4", "'t'", "5", "'r'", "6", "'i'",
@@ -147,14 +61,11 @@ fn round_robin_interleaves_the_two_tasks() {
 
 #[test]
 fn select_loop_answers_every_request_of_concurrent_clients() {
-    let mut select_loop = example("select_loop");
-    select_loop.arg("127.0.0.1:0");
-    let mut server = Server::start(select_loop);
-    let addr = server.address();
+    let mut server = Example::start("select_loop", &["127.0.0.1:0"]).expect("start select_loop");
     let clients: Vec<_> = (0..5)
         .map(|_| {
-            thread::spawn(move || -> io::Result<()> {
-                let mut stream = connect(addr)?;
+            let mut stream = server.connect().expect("connect");
+            thread::spawn(move || {
                 for i in 0..3 {
                     stream.write_all(format!("request {i}\n").as_bytes())?;
                     let mut reply = [0; 12];
@@ -166,7 +77,7 @@ fn select_loop_answers_every_request_of_concurrent_clients() {
                 let mut rest = Vec::new();
                 stream.read_to_end(&mut rest)?;
                 assert!(rest.is_empty(), "unasked-for bytes: {rest:?}");
-                Ok(())
+                Ok::<(), std::io::Error>(())
             })
         })
         .collect();
@@ -175,22 +86,24 @@ fn select_loop_answers_every_request_of_concurrent_clients() {
     }
     // It logged each connection and is still serving.
     for _ in 0..5 {
-        assert!(server.line().starts_with("connection from 127.0.0.1:"));
+        server
+            .wait_for_line("connection from 127.0.0.1:")
+            .expect("a log line per connection");
     }
     assert!(server.child.try_wait().expect("wait").is_none());
 }
 
 #[test]
 fn select_loop_help_and_a_bad_address() {
-    let mut help = example("select_loop");
+    let mut help = command("select_loop");
     help.arg("--help");
-    let output = finish(help, 60);
+    let output = finish(help);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: select_loop"));
 
-    let mut bad = example("select_loop");
+    let mut bad = command("select_loop");
     bad.arg("not-an-address");
-    let output = finish(bad, 60);
+    let output = finish(bad);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("select_loop: not-an-address: "));
 }
@@ -198,9 +111,9 @@ fn select_loop_help_and_a_bad_address() {
 #[test]
 fn downloads_overlap_ten_downloads() {
     let delay = Duration::from_millis(1000);
-    let mut downloads = example("downloads");
+    let mut downloads = command("downloads");
     downloads.args(["--delay-ms", "1000"]);
-    let output = finish(downloads, 120);
+    let output = finish(downloads);
     assert!(output.status.success(), "{output:?}");
     let lines = stdout_lines(&output);
     assert_eq!(lines.len(), 11, "{lines:?}");
@@ -226,49 +139,16 @@ fn downloads_overlap_ten_downloads() {
 }
 
 #[test]
-fn echo_on_port_zero_says_the_port_it_got_and_stops_on_sigterm() {
-    let mut echo = example("echo");
-    echo.arg("127.0.0.1:0");
-    let mut server = Server::start(echo);
-    let addr = server.address();
-    assert_ne!(addr.port(), 0);
-    let mut stream = connect(addr).expect("connect");
-    stream.write_all(b"hello\n").expect("write");
-    let mut echoed = [0; 6];
-    stream.read_exact(&mut echoed).expect("read the echo");
-    assert_eq!(&echoed, b"hello\n");
-    drop(stream);
-
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "echo did not stop on SIGTERM");
-        thread::sleep(Duration::from_millis(10));
-    };
-    assert!(exit.success(), "{exit:?}");
-    let mut rest = String::new();
-    server.stdout.read_to_string(&mut rest).expect("read");
-    assert!(rest.contains("echo: served "), "{rest:?}");
-}
-
-#[test]
 fn echo_reuseport_help_exits_zero_and_errors_read_as_sentences() {
-    let mut help = example("echo_reuseport");
+    let mut help = command("echo_reuseport");
     help.arg("--help");
-    let output = finish(help, 60);
+    let output = finish(help);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: echo_reuseport"));
 
-    let mut bad = example("echo_reuseport");
+    let mut bad = command("echo_reuseport");
     bad.arg("1.2.3");
-    let output = finish(bad, 60);
+    let output = finish(bad);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -276,4 +156,69 @@ fn echo_reuseport_help_exits_zero_and_errors_read_as_sentences() {
         "{stderr}"
     );
     assert!(!stderr.contains("Custom {"), "Debug form: {stderr}");
+}
+
+#[test]
+fn subprocess_labels_each_line_and_ends_with_how_the_child_ended() {
+    let mut run = command("subprocess");
+    run.args(["sh", "-c", "echo out; echo err >&2; printf partial; exit 3"]);
+    let output = finish(run);
+    assert!(output.status.success(), "{output:?}");
+    let mut lines = stdout_lines(&output);
+    let last = lines.pop();
+    // The two streams interleave as the child wrote them; the end comes after both.
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "[stderr] err",
+            "[stdout] out",
+            "[stdout] partial (no newline at the end)"
+        ]
+    );
+    assert_eq!(last.as_deref(), Some("exited with code 3"));
+
+    let mut killed = command("subprocess");
+    killed.args(["sh", "-c", "kill -KILL $$"]);
+    let output = finish(killed);
+    assert_eq!(stdout_lines(&output), ["killed by signal 9"], "{output:?}");
+
+    let mut missing = command("subprocess");
+    missing.arg("/nonexistent/program");
+    let output = finish(missing);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("subprocess: /nonexistent/program: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn udp_echo_sends_each_datagram_back_to_its_sender_and_stops_on_sigterm() {
+    use std::net::UdpSocket;
+
+    let echo = Example::start("udp_echo", &["127.0.0.1:0"]).expect("start udp_echo");
+    let client = || {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a client");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        socket
+    };
+    let (alice, bob) = (client(), client());
+    alice.send_to(b"from alice", echo.addr).expect("send");
+    bob.send_to(b"from bob", echo.addr).expect("send");
+    let mut buf = [0; 64];
+    for (socket, sent) in [(&alice, &b"from alice"[..]), (&bob, &b"from bob"[..])] {
+        let (n, from) = socket.recv_from(&mut buf).expect("the echo");
+        assert_eq!((&buf[..n], from), (sent, echo.addr));
+    }
+    let (status, rest) = echo.signal_and_wait(libc::SIGTERM).expect("stop it");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        rest.iter()
+            .any(|line| line == "echoed 2 datagrams, dropped 0"),
+        "{rest:?}"
+    );
 }

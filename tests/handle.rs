@@ -139,6 +139,7 @@ fn a_wake_from_another_thread_ends_a_blocked_wait() -> io::Result<()> {
 
 #[test]
 fn stop_from_another_thread_ends_a_blocked_run() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let _serial = serial();
     let mut sel = Selector::new()?;
     // A source that never becomes ready, so `run` has no reason to return by itself.
@@ -190,6 +191,7 @@ fn wakes_coalesce_into_one_wake_up() -> io::Result<()> {
 
 #[test]
 fn a_closure_sent_through_a_handle_gets_the_whole_registry() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let _serial = serial();
     let mut sel = Selector::new()?;
     let handle = sel.handle();
@@ -275,6 +277,7 @@ fn within<T: Send + 'static>(
 
 #[test]
 fn a_live_handle_keeps_run_going_until_it_is_dropped_on_another_thread() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let _serial = serial();
     let elapsed = within(Duration::from_secs(5), || {
         let mut sel = Selector::new()?;
@@ -298,6 +301,7 @@ fn a_live_handle_keeps_run_going_until_it_is_dropped_on_another_thread() -> io::
 
 #[test]
 fn a_live_handle_keeps_run_going_until_a_callback_drops_it() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let _serial = serial();
     within(Duration::from_secs(5), || {
         let mut sel = Selector::new()?;
@@ -312,6 +316,7 @@ fn a_live_handle_keeps_run_going_until_a_callback_drops_it() -> io::Result<()> {
 
 #[test]
 fn dropping_everything_returns_the_descriptor_count_to_baseline() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let _serial = serial();
     let baseline = fd_count()?;
     for _ in 0..3 {

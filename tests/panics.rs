@@ -96,6 +96,7 @@ fn a_panicking_callback_is_removed_once_and_the_rest_keeps_working() -> io::Resu
 
 #[test]
 fn run_works_again_after_a_panic_unwound_out_of_it() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let (bad, _bad_peer) = readable_pair()?;
     sel.register(bad, Interest::READ, |_, _, _| panic!("once"))?;

@@ -1,10 +1,6 @@
 //! Child processes on the loop, with real programs (`sh`, `cat`, `sleep`): exit statuses,
 //! output to its end, early-closed pipes, signals, broken stdin, and no zombies.
 
-#[allow(dead_code)]
-#[path = "../examples/subprocess.rs"]
-mod subprocess_example;
-
 mod util;
 
 use util::{serial, zombies};
@@ -359,37 +355,6 @@ fn a_program_that_does_not_exist_is_an_error_with_nothing_left_behind() -> io::R
         Ok(child) => panic!("spawned {child:?}"),
     }
     assert!(sel.is_empty());
-    Ok(())
-}
-
-#[test]
-fn subprocess_example_labels_lines_and_ends_with_the_status() -> io::Result<()> {
-    let _serial = serial();
-    let lines = Rc::new(RefCell::new(Vec::new()));
-    let sink = Rc::clone(&lines);
-    subprocess_example::run(
-        &mut sh("echo out; echo err >&2; printf partial; exit 3"),
-        move |line| sink.borrow_mut().push(line),
-    )?;
-    let lines = lines.borrow();
-    let mut body = lines[..lines.len() - 1].to_vec();
-    body.sort();
-    assert_eq!(
-        body,
-        [
-            "[stderr] err",
-            "[stdout] out",
-            "[stdout] partial (no newline at the end)"
-        ]
-    );
-    assert_eq!(lines.last().unwrap(), "exited with code 3");
-
-    let lines = Rc::new(RefCell::new(Vec::new()));
-    let sink = Rc::clone(&lines);
-    subprocess_example::run(&mut sh("kill -KILL $$"), move |line| {
-        sink.borrow_mut().push(line)
-    })?;
-    assert_eq!(*lines.borrow(), ["killed by signal 9"]);
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use selreactor::{Key, Selector, Signals};
 use signal_hook::consts::{SIGALRM, SIGKILL, SIGSTOP, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::low_level::raise;
 
-use util::{fd_count, serial};
+use util::{fd_count, serial, watchdog, HUNG_AFTER};
 
 type Seen = Rc<RefCell<Vec<c_int>>>;
 
@@ -89,6 +89,7 @@ fn signals_between_wakeups_arrive_once_each_in_watch_order() -> io::Result<()> {
 
 #[test]
 fn sigterm_callback_stops_run() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let _serial = serial();
     let mut sel = Selector::new()?;
     let stopped_by = Rc::new(Cell::new(None));

@@ -49,6 +49,7 @@ fn run_until(sel: &mut Selector, limit: Duration, done: impl Fn() -> bool) -> io
 
 #[test]
 fn timers_with_equal_deadlines_fire_in_scheduling_order() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let fired = log();
     let deadline = Instant::now() + 20 * MS;
@@ -63,6 +64,7 @@ fn timers_with_equal_deadlines_fire_in_scheduling_order() -> io::Result<()> {
 
 #[test]
 fn timers_with_different_deadlines_fire_in_deadline_order() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let fired = log();
     let base = Instant::now() + 5 * MS;
@@ -112,6 +114,7 @@ fn a_timer_can_cancel_another_due_in_the_same_iteration() -> io::Result<()> {
 
 #[test]
 fn a_stale_timer_key_is_rejected_and_never_cancels_the_slots_new_timer() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let fired = log();
 
@@ -152,6 +155,7 @@ fn a_stale_timer_key_is_rejected_and_never_cancels_the_slots_new_timer() -> io::
 
 #[test]
 fn another_selectors_timer_key_is_rejected() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut ours = Selector::new()?;
     let mut theirs = Selector::new()?;
     let fired = Rc::new(Cell::new(false));
@@ -173,6 +177,7 @@ fn another_selectors_timer_key_is_rejected() -> io::Result<()> {
 
 #[test]
 fn timers_never_fire_before_their_deadline() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let count = scaled(300, 60);
@@ -236,6 +241,7 @@ fn waiting_for_a_timer_sleeps_instead_of_spinning() -> io::Result<()> {
 
 #[test]
 fn the_wait_is_cut_short_by_the_nearest_deadline_only() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let fired = log();
     let start = Instant::now();
@@ -263,6 +269,7 @@ const TRIES: usize = 4;
 
 #[test]
 fn a_repeating_timer_stays_on_its_grid_over_many_periods() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     // Every iteration is made 2 ms slow by an always-ready source dispatched before the timers,
     // and each tick's callback takes 2 ms as well: a timer re-armed from the time it fired, or
     // from the time its callback returned, moves off its grid by that much on every tick.
@@ -360,6 +367,7 @@ fn a_repeating_timer_that_falls_behind_fires_once_not_in_a_burst() -> io::Result
 
 #[test]
 fn a_repeating_timer_can_cancel_itself() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let ticks = Rc::new(Cell::new(0));
     let own_key: Rc<Cell<Option<TimerKey>>> = Rc::default();
@@ -396,6 +404,7 @@ fn a_timer_cancelled_from_outside_between_ticks_stops_repeating() -> io::Result<
 
 #[test]
 fn a_duration_max_delay_neither_fires_nor_panics() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let fired = Rc::new(Cell::new(0));
     let (f1, f2) = (Rc::clone(&fired), Rc::clone(&fired));
@@ -466,6 +475,7 @@ fn deferred_calls_run_in_fifo_order_on_the_next_iteration() -> io::Result<()> {
 
 #[test]
 fn a_deferred_call_can_do_what_an_io_callback_can() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let (ours, mut peer) = pair()?;
     let got = Rc::new(Cell::new(0));
@@ -584,6 +594,7 @@ fn a_self_rescheduling_zero_delay_timer_does_not_starve_io_or_timers() -> io::Re
 
 #[test]
 fn a_panicking_timer_leaves_the_selector_usable() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let fired = log();
     sel.call_later(MS, |_| panic!("one-shot boom"));
@@ -617,6 +628,7 @@ fn a_panicking_timer_leaves_the_selector_usable() -> io::Result<()> {
 
 #[test]
 fn a_panicking_deferred_call_leaves_the_selector_usable() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let ran = log();
     let r = Rc::clone(&ran);
@@ -635,6 +647,7 @@ fn a_panicking_deferred_call_leaves_the_selector_usable() -> io::Result<()> {
 
 #[test]
 fn run_returns_once_the_last_timer_has_fired() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let start = Instant::now();
     sel.call_later(30 * MS, |reg| {
@@ -679,6 +692,7 @@ fn dropping_a_selector_drops_pending_timers_and_calls_without_running_them() -> 
 
 #[test]
 fn cancelling_many_timers_keeps_only_the_live_ones() -> io::Result<()> {
+    let _watchdog = watchdog(HUNG_AFTER);
     let mut sel = Selector::new()?;
     let fired = Rc::new(Cell::new(0usize));
     let mut keys = Vec::new();

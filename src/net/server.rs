@@ -254,7 +254,7 @@ impl<L: Listener> ServerState<L> {
         F: FnMut(&mut Registry, &L::Addr) -> P,
         P: Protocol<L::Stream>,
     {
-        for _ in 0..self.options.accept_batch {
+        for _ in 0..self.options.accept_batch.max(1) {
             let removed = self.key.get().is_some_and(|key| !reg.contains(key));
             if self.closed.get() || removed || self.at_capacity() {
                 break;

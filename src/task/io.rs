@@ -25,13 +25,17 @@ use crate::task::context::{outside_loop_error, try_with_registry};
 /// cached: a `WouldBlock`, a short read or a short write clears it, and the next event sets it
 /// again (the selector is level-triggered, so nothing that arrives in between is missed).
 ///
+/// Every operation is cancel-safe: the syscall runs only inside the poll that returns its
+/// result, so a future dropped before it resolves (by a `timeout`, say) has consumed nothing.
+///
 /// Every task waiting on it is woken by the event it waits for, not only the last one. It gives
 /// out only `&T`, so nothing can close or swap the descriptor behind the poller's back.
 /// Dropping it deletes the source from the poller, then closes it. (Dropped outside the loop,
 /// in `main` after `block_on` say, the removal is queued for the loop's next iteration.)
 ///
 /// Streams ([`TcpStream`](std::net::TcpStream), [`UnixStream`](std::os::unix::net::UnixStream),
-/// [`File`](std::fs::File) for pipes and child stdio, via `File::from(OwnedFd::from(stdout))`)
+/// and pipes and child stdio as [`PipeReader`](crate::net::PipeReader) and
+/// [`PipeWriter`](crate::net::PipeWriter), e.g. `Async::new(PipeReader::new(stdout)?)`)
 /// implement [`futures_io::AsyncRead`] and [`futures_io::AsyncWrite`], so futures-lite's and
 /// futures' extension traits work on them; listeners, UDP sockets and connect are in the
 /// methods below.
@@ -404,6 +408,12 @@ impl CloseWrite for std::os::unix::net::UnixStream {
 }
 
 impl CloseWrite for std::fs::File {
+    fn close_write(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CloseWrite for crate::net::PipeWriter {
     fn close_write(&self) -> io::Result<()> {
         Ok(())
     }

@@ -395,6 +395,50 @@ pub fn join_all<T>(threads: Vec<JoinHandle<io::Result<T>>>, limit: Duration) -> 
     Ok(results.into_iter().map(|r| r.expect("joined")).collect())
 }
 
+/// How long a test that waits on the loop may run before its [`watchdog`] ends the process.
+pub const HUNG_AFTER: Duration = Duration::from_secs(60);
+
+/// Disarms its watchdog when dropped.
+#[must_use = "the watchdog is disarmed as soon as this guard is dropped"]
+pub struct Watchdog {
+    disarmed: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+/// Ends the whole test process with a message if the calling test is still running after
+/// `limit` (hold the guard for the test's duration). For tests that block in `run()` or an
+/// unbounded `run_once`: if the wake-up, stop or timer they wait for is lost, they fail instead
+/// of hanging the suite.
+pub fn watchdog(limit: Duration) -> Watchdog {
+    let disarmed = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let test = thread::current().name().unwrap_or("a test").to_owned();
+    let flag = Arc::clone(&disarmed);
+    thread::spawn(move || {
+        let (lock, changed) = &*flag;
+        let done = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let (done, _) = changed
+            .wait_timeout_while(done, limit, |done| !*done)
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*done {
+            // Straight to the descriptor: `eprintln!` output of a test's threads is captured,
+            // and the capture dies with the process.
+            let _ = writeln!(
+                io::stderr(),
+                "{test}: still running after {limit:?}: it hung; the watchdog ends the process"
+            );
+            std::process::exit(101);
+        }
+    });
+    Watchdog { disarmed }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, changed) = &*self.disarmed;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        changed.notify_all();
+    }
+}
+
 /// This process's children in state Z (exited, not reaped), from procfs.
 pub fn zombies() -> io::Result<usize> {
     let me = std::process::id().to_string();

@@ -2,7 +2,7 @@
 //! the way each library is meant to be used, plus a raw level-triggered epoll floor.
 //!
 //! ```text
-//! cargo run --release -p selreactor-lab --bin peer_echo -- <epoll|selreactor|polling|mio|tokio|calloop> [ADDR]
+//! cargo run --release -p selreactor-lab --bin peer_echo -- <epoll|selreactor|polling|mio|tokio|smol|calloop> [ADDR]
 //! ```
 //!
 //! `ADDR` defaults to 127.0.0.1:8008. Each server accepts any number of connections and echoes
@@ -19,6 +19,8 @@
 //! - `polling`: the same loop on `polling::Poller` in level mode (what selreactor builds on).
 //! - `mio`: edge-triggered, as mio requires: each event drains the socket to `WouldBlock`.
 //! - `tokio`: a current-thread runtime, one task per connection with `read` and `write_all`.
+//! - `smol`: smol's stack, async-io's `Async<TcpStream>` on async-executor's `LocalExecutor`,
+//!   one task per connection with `read` and `write_all` (as `tokio`).
 //! - `calloop`: a level-triggered `Generic` source per connection inside a small custom
 //!   `EventSource` that re-registers itself to wait for writability.
 
@@ -30,7 +32,7 @@ const BUF_SIZE: usize = 16 * 1024;
 
 fn main() -> io::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: peer_echo <epoll|selreactor|polling|mio|tokio|calloop> [ADDR]";
+    let usage = "usage: peer_echo <epoll|selreactor|polling|mio|tokio|smol|calloop> [ADDR]";
     let which = args.next().ok_or_else(|| invalid(usage))?;
     let addr: SocketAddr = args
         .next()
@@ -42,6 +44,7 @@ fn main() -> io::Result<()> {
         "polling" => raw_polling::serve(addr),
         "mio" => mio_edge::serve(addr),
         "tokio" => tokio_current_thread::serve(addr),
+        "smol" => smol_local::serve(addr),
         "calloop" => calloop_level::serve(addr),
         "selreactor" => selreactor_step::serve(addr),
         _ => Err(invalid(usage)),
@@ -413,6 +416,39 @@ mod tokio_current_thread {
                 });
             }
         })
+    }
+}
+
+mod smol_local {
+    use super::*;
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+    pub(super) fn serve(addr: SocketAddr) -> io::Result<()> {
+        let executor = async_executor::LocalExecutor::new();
+        futures_lite::future::block_on(executor.run(async {
+            let listener = async_io::Async::<TcpListener>::bind(addr)?;
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                stream.get_ref().set_nodelay(true)?;
+                executor
+                    .spawn(async move {
+                        let mut buf = vec![0; BUF_SIZE];
+                        loop {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    if stream.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    })
+                    .detach();
+            }
+        }))
     }
 }
 
