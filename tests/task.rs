@@ -457,3 +457,32 @@ fn run_returns_when_the_last_task_finishes() -> io::Result<()> {
     opener.join().expect("the opener panicked");
     Ok(())
 }
+
+/// One loop, two styles: a task registers a callback source through `with_registry`; the
+/// callback spawns a task of its own; the first task sees that task's result.
+#[test]
+fn a_task_registers_a_callback_source_whose_callback_spawns_a_task() -> io::Result<()> {
+    let got = task::block_on(async {
+        let (ours, mut theirs) = pair()?;
+        let got = Rc::new(Cell::new(None));
+        let g = Rc::clone(&got);
+        task::with_registry(|reg| {
+            reg.register(ours, Interest::READ, move |reg, mut source, event| {
+                let mut byte = [0; 1];
+                std::io::Read::read_exact(&mut source, &mut byte)?;
+                let g = Rc::clone(&g);
+                reg.spawn(async move { g.set(Some(byte[0])) }).detach();
+                reg.remove(event.key())
+            })
+        })?;
+        std::io::Write::write_all(&mut theirs, b"z")?;
+        let start = Instant::now();
+        while got.get().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(5), "never delivered");
+            yield_now().await;
+        }
+        io::Result::Ok(got.get())
+    })??;
+    assert_eq!(got, Some(b'z'));
+    Ok(())
+}

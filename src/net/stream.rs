@@ -17,9 +17,8 @@ use socket2::SockRef;
 ///
 /// Implemented for [`TcpStream`] and [`UnixStream`], whose writes pass `MSG_NOSIGNAL` (where the
 /// OS has it), so writing to a peer that has gone never raises `SIGPIPE`. A pipe has no such
-/// flag: an implementation for a pipe's write end relies on `SIGPIPE` being ignored, as Rust's
-/// runtime arranges before `main` (a write then fails with `BrokenPipe`, which ends the
-/// transport with that error).
+/// flag: [`PipeWriter`](super::PipeWriter) makes sure `SIGPIPE` is handled, so that such a
+/// write fails with `BrokenPipe` (which ends the transport with that error).
 pub trait ByteStream: AsFd + 'static {
     /// Whether the stream can be read: the transport reads it and calls
     /// [`Protocol::data`](super::Protocol::data).

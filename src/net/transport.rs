@@ -502,9 +502,11 @@ impl<T: ByteStream> AsFd for Conn<T> {
     }
 }
 
-/// The loop-wide read buffer: one for all connections, since callbacks run one at a time.
-#[derive(Default)]
-struct ReadBuffer(Vec<u8>);
+thread_local! {
+    /// The read buffer every transport on this thread shares (so one per loop, at most, since a
+    /// loop runs on one thread): callbacks run one at a time. Taken out while a read runs.
+    static READ_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
 
 /// Every connection of the loop whose `lost` has not run yet, so that dropping the selector
 /// can end them all properly, and closing a server can find its own.
@@ -776,13 +778,7 @@ impl<T: ByteStream> Conn<T> {
 
     /// Reads until the stream is drained, paused, or has given its share of this turn.
     fn read(self: &Rc<Self>, reg: &mut Registry) {
-        let mut buffer = match reg.state::<ReadBuffer>() {
-            Some(shared) => std::mem::take(&mut shared.0),
-            None => {
-                reg.insert_state(ReadBuffer::default());
-                Vec::new()
-            }
-        };
+        let mut buffer = READ_BUFFER.with(Cell::take);
         if buffer.len() < READ_SIZE {
             buffer = vec![0; READ_SIZE];
         }
@@ -816,9 +812,7 @@ impl<T: ByteStream> Conn<T> {
                 }
             }
         }
-        if let Some(shared) = reg.state::<ReadBuffer>() {
-            shared.0 = buffer;
-        }
+        READ_BUFFER.with(|shared| shared.set(buffer));
     }
 
     fn wants_to_read(&self) -> bool {
