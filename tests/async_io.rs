@@ -603,6 +603,9 @@ fn a_reader_and_a_writer_sharing_a_stream_neither_hang_nor_spin() -> io::Result<
         .all(|(i, &b)| b == pattern(i as u64)));
     // Correct, it uses under a tenth; spinning on a writable nobody waits for measured 44 %
     // on a loaded two-CPU machine (the spinner shares its CPU), so a quarter separates them.
-    assert!(cpu < wall / 4, "the loop spun: {cpu:?} of CPU in {wall:?}");
+    // Under valgrind every iteration costs 20-50 times more CPU, so only the bytes are checked.
+    if !util::under_valgrind() {
+        assert!(cpu < wall / 4, "the loop spun: {cpu:?} of CPU in {wall:?}");
+    }
     Ok(())
 }
