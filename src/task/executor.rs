@@ -1,4 +1,11 @@
 //! The executor: futures become `async-task` tasks whose runnables queue for the loop.
+//!
+//! A task is scheduled (woken) from any thread. From the loop's own thread, the usual case (a
+//! task woken by I/O, a timer, another task or itself), its runnable goes to a queue that only
+//! that thread touches: no lock, no atomic operation. The schedule function finds that queue
+//! through a thread-local table keyed by the executor's id, which holds an entry only on the
+//! executor's own thread. From any other thread, the runnable goes to a locked inbox and the
+//! loop's wait is woken; the loop moves the inbox into its queue when it next runs tasks.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -6,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -17,48 +24,68 @@ use crate::handle::Shared;
 use crate::registry::Registry;
 use crate::task::context;
 
+/// Runnables waiting for the loop, reached without a lock: only the loop's thread uses it.
+type LocalQueue = Rc<RefCell<VecDeque<Runnable>>>;
+
+thread_local! {
+    /// The local queue of every executor living on this thread, by executor id. An entry is
+    /// added when an executor is made and removed when it is dropped, so a schedule function
+    /// finds its executor's queue here exactly when it runs on that executor's thread.
+    static LOCAL_QUEUES: RefCell<Vec<(u64, LocalQueue)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where executor ids come from: unique in the process, never reused.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 /// The part of a [`Registry`] that runs tasks.
 pub(crate) struct Executor {
-    queue: Arc<RunQueue>,
+    /// Runnables scheduled from this thread (and, once a step starts, those moved from the
+    /// inbox), in the order they will run. Also in `LOCAL_QUEUES` under `inbox.id`.
+    local: LocalQueue,
+    inbox: Arc<Inbox>,
     /// A waker for each live task (spawned, not yet finished or dropped). Dropping the selector
     /// wakes them all, so that every task's future is dropped here, on the loop's thread, even
     /// one that nothing else would ever wake (two tasks awaiting each other, say).
     live: Rc<RefCell<Slab<Waker>>>,
 }
 
-/// Runnables waiting for the loop, shared with every waker of this selector's tasks.
-struct RunQueue {
+/// What every task's schedule function holds: the executor's id, to find its local queue,
+/// and the queue for wakes from other threads.
+struct Inbox {
+    id: u64,
     runnables: Mutex<VecDeque<Runnable>>,
-    /// The queue's length, readable without the lock: the loop checks it on every iteration.
+    /// The inbox's length, readable without the lock: the loop checks it on every iteration.
     len: AtomicUsize,
-    /// The loop's thread ([`thread_mark`]): a wake from it needs no notification, since the
-    /// loop checks the queue before it next waits.
-    loop_thread: usize,
     /// To wake the loop's wait when another thread schedules a task.
     shared: Arc<Shared>,
 }
 
-impl RunQueue {
-    /// The schedule function of every task: queue it, and wake the loop if this is another
-    /// thread. It never drops the runnable, so a `!Send` future is never dropped off its thread.
-    fn push(&self, runnable: Runnable) {
+impl Inbox {
+    /// The schedule function of every task: queue it locally on the loop's thread, else in the
+    /// inbox, and wake the loop. It never drops the runnable, so a `!Send` future is never
+    /// dropped off its thread.
+    fn schedule(&self, runnable: Runnable) {
+        let Err(runnable) = push_local(self.id, runnable) else {
+            return;
+        };
         {
             let mut runnables = self.lock();
             runnables.push_back(runnable);
-            self.len.store(runnables.len(), Ordering::SeqCst);
+            self.len.store(runnables.len(), Ordering::Release);
         }
-        if thread_mark() != self.loop_thread {
-            // Fails only once the selector is dropped: the runnable then stays queued and its
-            // task is leaked, never dropped on this thread.
-            let _ = self.shared.signal();
-        }
+        // Fails only once the selector is dropped: the runnable then stays in the inbox and
+        // its task is leaked, never dropped on this thread.
+        let _ = self.shared.signal();
     }
 
-    fn pop(&self) -> Option<Runnable> {
+    /// Moves everything in the inbox to the back of `local`.
+    fn drain_into(&self, local: &RefCell<VecDeque<Runnable>>) {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut runnables = self.lock();
-        let runnable = runnables.pop_front();
-        self.len.store(runnables.len(), Ordering::SeqCst);
-        runnable
+        local.borrow_mut().append(&mut runnables);
+        self.len.store(0, Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Runnable>> {
@@ -66,6 +93,25 @@ impl RunQueue {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Queues `runnable` on executor `id`'s local queue if that executor lives on this thread;
+/// gives it back otherwise (another thread, or this thread's locals already destroyed).
+fn push_local(id: u64, runnable: Runnable) -> Result<(), Runnable> {
+    let mut runnable = Some(runnable);
+    let _ = LOCAL_QUEUES.try_with(|queues| {
+        // Neither borrow can fail (no code of ours runs while they are held); if one ever
+        // did, the inbox still works.
+        let Ok(queues) = queues.try_borrow() else {
+            return;
+        };
+        if let Some((_, queue)) = queues.iter().find(|(queue_id, _)| *queue_id == id) {
+            if let Ok(mut queue) = queue.try_borrow_mut() {
+                queue.push_back(runnable.take().expect("not pushed yet"));
+            }
+        }
+    });
+    runnable.map_or(Ok(()), Err)
 }
 
 /// A number unique to the calling thread among the threads alive now: the address of a
@@ -79,11 +125,17 @@ pub(crate) fn thread_mark() -> usize {
 
 impl Executor {
     pub(crate) fn new(shared: Arc<Shared>) -> Executor {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let local = LocalQueue::default();
+        // Made while this thread's locals are being destroyed, the executor has no entry, and
+        // every wake takes the inbox: slower, still correct.
+        let _ = LOCAL_QUEUES.try_with(|queues| queues.borrow_mut().push((id, Rc::clone(&local))));
         Executor {
-            queue: Arc::new(RunQueue {
+            local,
+            inbox: Arc::new(Inbox {
+                id,
                 runnables: Mutex::new(VecDeque::new()),
                 len: AtomicUsize::new(0),
-                loop_thread: thread_mark(),
                 shared,
             }),
             live: Rc::new(RefCell::new(Slab::new())),
@@ -92,11 +144,17 @@ impl Executor {
 
     #[inline]
     pub(crate) fn has_queued(&self) -> bool {
-        self.queue.len.load(Ordering::Relaxed) != 0
+        !self.local.borrow().is_empty() || self.inbox.len.load(Ordering::Relaxed) != 0
     }
 
     pub(crate) fn has_live(&self) -> bool {
         self.has_queued() || !self.live.borrow().is_empty()
+    }
+
+    /// The next runnable, from either queue (the borrow ends before the caller runs it).
+    fn pop(&self) -> Option<Runnable> {
+        self.inbox.drain_into(&self.local);
+        self.local.borrow_mut().pop_front()
     }
 }
 
@@ -108,7 +166,7 @@ impl Drop for Executor {
             let wakers: Vec<Waker> = self.live.borrow().iter().map(|(_, w)| w.clone()).collect();
             wakers.into_iter().for_each(Waker::wake);
             let mut dropped = false;
-            while let Some(runnable) = self.queue.pop() {
+            while let Some(runnable) = self.pop() {
                 drop(runnable);
                 dropped = true;
             }
@@ -116,6 +174,8 @@ impl Drop for Executor {
                 break;
             }
         }
+        let id = self.inbox.id;
+        let _ = LOCAL_QUEUES.try_with(|queues| queues.borrow_mut().retain(|(i, _)| *i != id));
     }
 }
 
@@ -123,7 +183,10 @@ impl fmt::Debug for Executor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Executor")
             .field("live", &self.live.borrow().len())
-            .field("queued", &self.queue.len.load(Ordering::Relaxed))
+            .field(
+                "queued",
+                &(self.local.borrow().len() + self.inbox.len.load(Ordering::Relaxed)),
+            )
             .finish()
     }
 }
@@ -171,11 +234,12 @@ impl Registry {
             let _live = guard;
             future.await
         };
-        let queue = Arc::clone(&tasks.queue);
-        let (runnable, task) = async_task::spawn_local(future, move |r| queue.push(r));
+        let inbox = Arc::clone(&tasks.inbox);
+        let (runnable, task) = async_task::spawn_local(future, move |r| inbox.schedule(r));
         entry.insert(runnable.waker());
         drop(live);
-        runnable.schedule();
+        // Spawning happens on the loop's thread: straight to the local queue.
+        tasks.local.borrow_mut().push_back(runnable);
         Task {
             inner: task.fallible(),
         }
@@ -184,12 +248,15 @@ impl Registry {
     /// Runs the tasks queued when this step starts; those woken meanwhile wait for the next
     /// iteration, so a task that keeps waking itself cannot starve I/O. Returns how many ran.
     pub(crate) fn run_tasks(&mut self) -> usize {
-        let queue = Arc::clone(&self.tasks.queue);
-        let batch = queue.len.load(Ordering::Relaxed);
+        let local = Rc::clone(&self.tasks.local);
+        self.tasks.inbox.drain_into(&local);
+        let batch = local.borrow().len();
         context::enter(self, || {
             let mut ran = 0;
             while ran < batch {
-                let Some(runnable) = queue.pop() else { break };
+                let Some(runnable) = local.borrow_mut().pop_front() else {
+                    break;
+                };
                 runnable.run();
                 ran += 1;
             }
