@@ -9,7 +9,7 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -484,5 +484,165 @@ fn a_task_registers_a_callback_source_whose_callback_spawns_a_task() -> io::Resu
         io::Result::Ok(got.get())
     })??;
     assert_eq!(got, Some(b'z'));
+    Ok(())
+}
+
+/// Wakers of parked tasks, by task number, filled in as each task parks.
+type Parked = Rc<RefCell<Vec<Option<Waker>>>>;
+
+/// Spawns `n` detached tasks on `sel` that each, forever, park (leaving their waker in
+/// `parked`) and, once woken, log their number.
+fn spawn_parked(sel: &mut Selector, n: usize, ran: &Log<usize>) -> Parked {
+    let parked: Parked = Rc::new(RefCell::new(vec![None; n]));
+    for id in 0..n {
+        let (p, r) = (Rc::clone(&parked), Rc::clone(ran));
+        sel.spawn(async move {
+            loop {
+                let mut waiting = false;
+                poll_fn(|cx| {
+                    if waiting {
+                        return Poll::Ready(());
+                    }
+                    p.borrow_mut()[id] = Some(cx.waker().clone());
+                    waiting = true;
+                    Poll::Pending
+                })
+                .await;
+                r.borrow_mut().push(id);
+            }
+        })
+        .detach();
+    }
+    parked
+}
+
+fn waker_of(parked: &Parked, id: usize) -> Waker {
+    parked.borrow_mut()[id].take().expect("the task is parked")
+}
+
+/// Wakes from the loop's thread and from other threads run in one FIFO: in the order they
+/// happened, all in the next iteration.
+#[test]
+fn tasks_woken_from_this_and_other_threads_run_in_the_order_woken() -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    let ran = log();
+    let parked = spawn_parked(&mut sel, 6, &ran);
+    sel.run_once(Some(Duration::ZERO))?; // every task parks
+    assert!(take(&ran).is_empty());
+
+    let order = [3, 0, 5, 1, 4, 2];
+    let from_another_thread = [5, 4];
+    for id in order {
+        let waker = waker_of(&parked, id);
+        if from_another_thread.contains(&id) {
+            // Joined before the next wake: this wake happens before it.
+            thread::spawn(move || waker.wake())
+                .join()
+                .expect("the waking thread panicked");
+        } else {
+            waker.wake();
+        }
+    }
+    sel.run_once(Some(Duration::from_secs(5)))?;
+    assert_eq!(take(&ran), order);
+    Ok(())
+}
+
+/// Tasks woken by a running task wait for the next iteration, and then run in the order woken.
+#[test]
+fn tasks_woken_by_a_running_task_run_in_the_next_iteration_in_order() -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    let ran = log();
+    let parked = spawn_parked(&mut sel, 4, &ran);
+    let p = Rc::clone(&parked);
+    let waker_task = sel.spawn(async move {
+        yield_now().await; // the others park first
+        for id in [2, 0, 3, 1] {
+            waker_of(&p, id).wake();
+        }
+    });
+    sel.run_once(Some(Duration::ZERO))?; // every task parks; the waker yields
+    sel.run_once(Some(Duration::ZERO))?; // the waker wakes them
+    assert!(waker_task.is_finished());
+    assert!(take(&ran).is_empty(), "woken during the step, run in it");
+    sel.run_once(Some(Duration::ZERO))?;
+    assert_eq!(take(&ran), [2, 0, 3, 1]);
+    Ok(())
+}
+
+/// Two selectors on one thread: a task of one wakes a task of the other, which runs on its own
+/// selector only, and that selector's next wait does not block.
+#[test]
+fn a_wake_across_two_selectors_on_one_thread_reaches_the_right_one() -> io::Result<()> {
+    let (mut first, mut second) = (Selector::new()?, Selector::new()?);
+    let ran = log();
+    let parked = spawn_parked(&mut second, 1, &ran);
+    second.run_once(Some(Duration::ZERO))?; // it parks
+    let waker = waker_of(&parked, 0);
+    first.spawn(async move { waker.wake() }).detach();
+    first.run_once(Some(Duration::ZERO))?;
+    assert!(take(&ran).is_empty(), "run by the wrong selector");
+    let start = Instant::now();
+    second.run_once(Some(Duration::from_secs(30)))?;
+    assert_eq!(take(&ran), [0]);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the queued task did not stop the wait"
+    );
+    Ok(())
+}
+
+/// Wakes from the loop's thread and from helper threads at once, round after round: every
+/// woken task runs, and a loop blocked in its wait is always woken by the helpers' wakes.
+#[test]
+fn wakes_from_this_and_other_threads_at_once_are_never_lost() -> io::Result<()> {
+    const TASKS: usize = 32;
+    const HELPERS: usize = 2;
+    let mut sel = Selector::new()?;
+    let ran = log();
+    let parked = spawn_parked(&mut sel, TASKS, &ran);
+    sel.run_once(Some(Duration::ZERO))?;
+    let (senders, helpers): (Vec<_>, Vec<_>) = (0..HELPERS)
+        .map(|_| {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<Waker>>();
+            let helper = thread::spawn(move || {
+                for wakers in rx {
+                    wakers.into_iter().for_each(Waker::wake);
+                }
+            });
+            (tx, helper)
+        })
+        .unzip();
+    for round in 0..scaled(500, 50) {
+        // Tasks 0, 3, 6... are woken here; the others by the helpers, at the same time.
+        let mut batches = vec![Vec::new(); HELPERS];
+        let mut ours = Vec::new();
+        for id in 0..TASKS {
+            let waker = waker_of(&parked, id);
+            match id % (HELPERS + 1) {
+                0 => ours.push(waker),
+                helper => batches[helper - 1].push(waker),
+            }
+        }
+        for (tx, batch) in senders.iter().zip(batches) {
+            tx.send(batch).expect("the helper is alive");
+        }
+        ours.into_iter().for_each(Waker::wake);
+        let mut seen = 0;
+        while seen < TASKS {
+            let start = Instant::now();
+            sel.run_once(Some(Duration::from_secs(5)))?;
+            seen += take(&ran).len();
+            assert!(
+                seen == TASKS || start.elapsed() < Duration::from_secs(5),
+                "round {round}: a wake was lost ({seen} of {TASKS} ran)"
+            );
+        }
+        assert_eq!(seen, TASKS, "round {round}: a task ran twice");
+    }
+    drop(senders);
+    for helper in helpers {
+        helper.join().expect("a helper panicked");
+    }
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! that thread touches: no lock, no atomic operation. The schedule function finds that queue
 //! through a thread-local table keyed by the executor's id, which holds an entry only on the
 //! executor's own thread. From any other thread, the runnable goes to a locked inbox and the
-//! loop's wait is woken; the loop moves the inbox into its queue when it next runs tasks.
+//! loop's wait is woken. The inbox is moved to the back of the local queue when the loop next
+//! runs tasks, or first when a wake on the loop's thread comes after it, so tasks run in the
+//! order they were woken.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -65,9 +67,16 @@ impl Inbox {
     /// inbox, and wake the loop. It never drops the runnable, so a `!Send` future is never
     /// dropped off its thread.
     fn schedule(&self, runnable: Runnable) {
-        let Err(runnable) = push_local(self.id, runnable) else {
-            return;
-        };
+        if let Some(local) = self.local_queue() {
+            // Never fails: no other code runs while the queue is borrowed. If it ever did, the
+            // inbox below would still work.
+            if let Ok(mut local) = local.try_borrow_mut() {
+                // Wakes from other threads that happened before this one run before it.
+                self.drain_into(&mut local);
+                local.push_back(runnable);
+                return;
+            }
+        }
         {
             let mut runnables = self.lock();
             runnables.push_back(runnable);
@@ -78,13 +87,33 @@ impl Inbox {
         let _ = self.shared.signal();
     }
 
-    /// Moves everything in the inbox to the back of `local`.
-    fn drain_into(&self, local: &RefCell<VecDeque<Runnable>>) {
-        if self.len.load(Ordering::Acquire) == 0 {
-            return;
+    /// This executor's local queue, if the calling thread is the executor's (and its
+    /// thread-locals are not being destroyed).
+    fn local_queue(&self) -> Option<LocalQueue> {
+        LOCAL_QUEUES
+            .try_with(|queues| {
+                let queues = queues.try_borrow().ok()?;
+                let (_, local) = queues.iter().find(|(id, _)| *id == self.id)?;
+                Some(Rc::clone(local))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Moves everything in the inbox to the back of `local`, in the order it came.
+    #[inline]
+    fn drain_into(&self, local: &mut VecDeque<Runnable>) {
+        // A wake that happened before the caller's (in the happens-before sense) has stored
+        // its length by then.
+        if self.len.load(Ordering::Relaxed) != 0 {
+            self.drain_locked(local);
         }
+    }
+
+    #[cold]
+    fn drain_locked(&self, local: &mut VecDeque<Runnable>) {
         let mut runnables = self.lock();
-        local.borrow_mut().append(&mut runnables);
+        local.append(&mut runnables);
         self.len.store(0, Ordering::Release);
     }
 
@@ -93,34 +122,6 @@ impl Inbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Queues `runnable` on executor `id`'s local queue if that executor lives on this thread;
-/// gives it back otherwise (another thread, or this thread's locals already destroyed).
-fn push_local(id: u64, runnable: Runnable) -> Result<(), Runnable> {
-    let mut runnable = Some(runnable);
-    let _ = LOCAL_QUEUES.try_with(|queues| {
-        // Neither borrow can fail (no code of ours runs while they are held); if one ever
-        // did, the inbox still works.
-        let Ok(queues) = queues.try_borrow() else {
-            return;
-        };
-        if let Some((_, queue)) = queues.iter().find(|(queue_id, _)| *queue_id == id) {
-            if let Ok(mut queue) = queue.try_borrow_mut() {
-                queue.push_back(runnable.take().expect("not pushed yet"));
-            }
-        }
-    });
-    runnable.map_or(Ok(()), Err)
-}
-
-/// A number unique to the calling thread among the threads alive now: the address of a
-/// thread-local, which costs no syscall and no reference count to read.
-pub(crate) fn thread_mark() -> usize {
-    thread_local! {
-        static MARK: u8 = const { 0 };
-    }
-    MARK.with(|mark| mark as *const u8 as usize)
 }
 
 impl Executor {
@@ -153,8 +154,9 @@ impl Executor {
 
     /// The next runnable, from either queue (the borrow ends before the caller runs it).
     fn pop(&self) -> Option<Runnable> {
-        self.inbox.drain_into(&self.local);
-        self.local.borrow_mut().pop_front()
+        let mut local = self.local.borrow_mut();
+        self.inbox.drain_into(&mut local);
+        local.pop_front()
     }
 }
 
@@ -249,8 +251,11 @@ impl Registry {
     /// iteration, so a task that keeps waking itself cannot starve I/O. Returns how many ran.
     pub(crate) fn run_tasks(&mut self) -> usize {
         let local = Rc::clone(&self.tasks.local);
-        self.tasks.inbox.drain_into(&local);
-        let batch = local.borrow().len();
+        let batch = {
+            let mut queued = local.borrow_mut();
+            self.tasks.inbox.drain_into(&mut queued);
+            queued.len()
+        };
         context::enter(self, || {
             let mut ran = 0;
             while ran < batch {
