@@ -48,8 +48,10 @@
 //! - **On the loop's thread.** Futures need not be `Send`. Wakers are `Send + Sync`: a wake
 //!   from another thread queues the task and wakes the loop's wait through the selector's
 //!   cross-thread notification (as a [`Handle`](crate::Handle) does, and with the same
-//!   guarantee that no wake-up is lost); a wake from the loop's own thread only queues it, with
-//!   no syscall, and waking a task that is already queued does nothing (`async-task` coalesces).
+//!   guarantee that no wake-up is lost); a wake from the loop's own thread only queues it, on
+//!   a queue only that thread touches (no syscall, no lock), and waking a task that is already
+//!   queued does nothing (`async-task` coalesces). Tasks run in the order they were woken,
+//!   whichever thread woke them.
 //! - **Alive until done.** [`run`](crate::Selector::run) does not return while any task lives.
 //!   Dropping a [`Task`] cancels it; [`Task::detach`] lets it run. Dropping the selector drops
 //!   every task's future on its thread. A task woken from another thread after its selector is
