@@ -3,13 +3,15 @@
 //! of rounds, so that two runs differing only in rounds give the cost of one wake.
 //!
 //! ```text
-//! cargo run --release -p selreactor-lab --bin task_cost -- <selreactor|tokio|async-executor> <wake|yield> ROUNDS
+//! cargo run --release -p selreactor-lab --bin task_cost -- <selreactor|tokio|async-executor> <wake|yield|cross> ROUNDS
 //! ```
 //!
 //! - `wake`: 1,000 tasks park on flags; each round, the `block_on` future wakes all of them from
 //!   the loop's thread and yields until each has run again. Per round: 1,000 wakes and polls.
 //! - `yield`: 1,000 tasks each yield (wake themselves) once per round. Per round: 1,000
 //!   self-wakes and polls.
+//! - `cross`: a task hands its waker to a helper thread, which wakes it; 1,000 times per round.
+//!   Per round: 1,000 cross-thread wakes, each with the loop's wake-up and a poll.
 //!
 //! `lab/scripts/task-cost.sh` runs it under callgrind and prints instructions per wake.
 
@@ -26,7 +28,7 @@ const TASKS: usize = 1_000;
 type Boxed = Pin<Box<dyn Future<Output = ()>>>;
 
 fn main() {
-    let usage = "usage: task_cost <selreactor|tokio|async-executor> <wake|yield> ROUNDS";
+    let usage = "usage: task_cost <selreactor|tokio|async-executor> <wake|yield|cross> ROUNDS";
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [peer, workload, rounds] = &args[..] else {
         panic!("{usage}");
@@ -35,6 +37,7 @@ fn main() {
     let driver = match workload.as_str() {
         "wake" => wake(peer.clone(), rounds),
         "yield" => yields(peer.clone(), rounds),
+        "cross" => cross(peer.clone(), rounds),
         _ => panic!("{usage}"),
     };
     match peer.as_str() {
@@ -137,5 +140,49 @@ fn yields(peer: String, rounds: usize) -> Boxed {
         while done.get() < TASKS {
             yield_now().await;
         }
+    })
+}
+
+/// The driver of `cross`: a task that waits `rounds` × 1,000 times for a helper thread to
+/// wake it; the driver waits for that task.
+fn cross(peer: String, rounds: usize) -> Boxed {
+    Box::pin(async move {
+        let finished: Rc<RefCell<(bool, Option<Waker>)>> = Rc::default();
+        let f = Rc::clone(&finished);
+        spawn(
+            &peer,
+            Box::pin(async move {
+                let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+                let helper = std::thread::spawn(move || rx.into_iter().for_each(Waker::wake));
+                for _ in 0..rounds * TASKS {
+                    let mut sent = false;
+                    poll_fn(|cx| {
+                        if sent {
+                            return Poll::Ready(());
+                        }
+                        sent = true;
+                        tx.send(cx.waker().clone()).expect("the helper is alive");
+                        Poll::Pending
+                    })
+                    .await;
+                }
+                drop(tx);
+                helper.join().expect("the helper panicked");
+                let mut finished = f.borrow_mut();
+                finished.0 = true;
+                if let Some(waker) = finished.1.take() {
+                    waker.wake();
+                }
+            }),
+        );
+        poll_fn(|cx| {
+            let mut finished = finished.borrow_mut();
+            if finished.0 {
+                return Poll::Ready(());
+            }
+            finished.1 = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
     })
 }
