@@ -32,7 +32,8 @@ type LocalQueue = Rc<RefCell<VecDeque<Runnable>>>;
 thread_local! {
     /// The local queue of every executor living on this thread, by executor id. An entry is
     /// added when an executor is made and removed when it is dropped, so a schedule function
-    /// finds its executor's queue here exactly when it runs on that executor's thread.
+    /// finds its executor's queue here exactly when it runs on that executor's thread. The
+    /// table and the queues are borrowed only for a moment, while no other code runs.
     static LOCAL_QUEUES: RefCell<Vec<(u64, LocalQueue)>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -167,6 +168,10 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
+        // First leave the table, so that no entry outlives its executor even if a future's
+        // `drop` panics below; the wakes that follow go to the inbox, and `pop` takes them.
+        let id = self.inbox.id;
+        let _ = LOCAL_QUEUES.try_with(|queues| queues.borrow_mut().retain(|(i, _)| *i != id));
         // Wake every live task, then drop the runnables: that drops their futures, which may
         // drop wakers that schedule other tasks one last time; repeat until nothing is left.
         loop {
@@ -181,8 +186,6 @@ impl Drop for Executor {
                 break;
             }
         }
-        let id = self.inbox.id;
-        let _ = LOCAL_QUEUES.try_with(|queues| queues.borrow_mut().retain(|(i, _)| *i != id));
     }
 }
 
