@@ -6,6 +6,7 @@
 //! reaches a connection by its [`ConnId`] through [`Registry::get`], which hands out the `Rc`;
 //! so no state lives anywhere the selector cannot see.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
@@ -103,8 +104,9 @@ pub trait Protocol<T: ByteStream = std::net::TcpStream>: 'static {
     /// for an orderly end (the peer's end of stream, [`close`](Transport::close),
     /// [`abort`](Transport::abort)) and the error otherwise: the peer's reset, a failed read or
     /// write, an idle timeout (`TimedOut`), the server closed with its connections
-    /// (`ConnectionAborted`), the selector dropped (`ConnectionAborted`), or the `Err` a
-    /// protocol method returned.
+    /// (`ConnectionAborted`), the selector dropped (`ConnectionAborted`), the `Err` a
+    /// protocol method returned, or its panic (`Other`, with the panic's message; the panic
+    /// then goes on out of the loop's [`run`](crate::Selector::run)).
     ///
     /// The transport still answers questions ([`id`](Transport::id),
     /// [`get_ref`](Transport::get_ref)); writes fail with `NotConnected`. This is where a map
@@ -469,6 +471,43 @@ impl State {
     fn pending(&self) -> usize {
         self.output.len() - self.sent
     }
+
+    /// Whether a protocol call is owed: a pause, a resume, or `lost`.
+    #[inline]
+    fn owes_call(&self) -> bool {
+        if self.ended {
+            return true;
+        }
+        let pending = self.pending();
+        if self.writing_paused {
+            pending <= self.low
+        } else {
+            pending > self.high
+        }
+    }
+
+    /// What the connection waits for now, from the selector.
+    #[inline]
+    fn wanted<T: ByteStream>(&self) -> Interest {
+        if self.connecting {
+            return Interest::WRITE;
+        }
+        let reading = if T::CAN_READ {
+            self.reading && !self.eof && !self.closing
+        } else {
+            // A write-only stream listens for the error or hang-up that says its reader has
+            // gone, even while it has nothing to write.
+            true
+        };
+        let mut want = Interest::NONE;
+        if reading {
+            want |= Interest::READ;
+        }
+        if self.pending() > 0 {
+            want |= Interest::WRITE;
+        }
+        want
+    }
 }
 
 /// What a connection reports to the server that accepted it.
@@ -494,7 +533,14 @@ pub(crate) struct Conn<T: ByteStream> {
     connect_failed: Cell<Option<ConnectFailed>>,
     /// A deferred `settle` is queued.
     settle_queued: Cell<bool>,
+    /// The loop's read buffer, which all its connections share.
+    read_buffer: Rc<ReadBuffer>,
 }
+
+/// The read buffer every transport of a loop shares: callbacks run one at a time, and only the
+/// loop's dispatch reads, so reads never nest. Grown to its size at the first read.
+#[derive(Default)]
+struct ReadBuffer(RefCell<Vec<u8>>);
 
 impl<T: ByteStream> AsFd for Conn<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -502,16 +548,14 @@ impl<T: ByteStream> AsFd for Conn<T> {
     }
 }
 
-thread_local! {
-    /// The read buffer every transport on this thread shares (so one per loop, at most, since a
-    /// loop runs on one thread): callbacks run one at a time. Taken out while a read runs.
-    static READ_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
 /// Every connection of the loop whose `lost` has not run yet, so that dropping the selector
-/// can end them all properly, and closing a server can find its own.
+/// can end them all properly, and closing a server can find its own; and the buffer they read
+/// into.
 #[derive(Default)]
-struct Live(Slab<Rc<dyn Endpoint>>);
+struct Live {
+    connections: Slab<Rc<dyn Endpoint>>,
+    read_buffer: Rc<ReadBuffer>,
+}
 
 /// What the loop-wide table needs of a connection, whatever its stream type.
 trait Endpoint {
@@ -543,13 +587,24 @@ impl<T: ByteStream> Endpoint for Conn<T> {
     }
 }
 
+/// What `lost` hears when its protocol panicked: an error of kind `Other` with the panic's
+/// message.
+pub(crate) fn panic_reason(panic: &(dyn Any + Send)) -> io::Error {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic");
+    io::Error::other(format!("the protocol panicked: {message}"))
+}
+
 /// Ends every live connection of the server `server` (`lost` follows from deferred calls).
 pub(crate) fn end_server_connections(reg: &mut Registry, server: u64, reason: &str) {
     let Some(live) = reg.state::<Live>() else {
         return;
     };
     let ours: Vec<_> = live
-        .0
+        .connections
         .iter()
         .filter(|(_, c)| c.server_id() == Some(server))
         .map(|(_, c)| Rc::clone(c))
@@ -591,6 +646,7 @@ pub(crate) fn open<T: ByteStream>(
     } else {
         Interest::READ
     };
+    let read_buffer = Rc::clone(&live_table(reg).read_buffer);
     let conn = Rc::new(Conn {
         io: stream,
         key: Cell::new(None),
@@ -617,6 +673,7 @@ pub(crate) fn open<T: ByteStream>(
         server: setup.server,
         connect_failed: Cell::new(setup.connecting),
         settle_queued: Cell::new(false),
+        read_buffer,
     });
     let key = match reg.register(Rc::clone(&conn), interest, |reg, conn, event| {
         conn.ready(reg, event.readiness());
@@ -635,7 +692,9 @@ pub(crate) fn open<T: ByteStream>(
     };
     conn.key.set(Some(key));
     let live = live_table(reg);
-    let index = live.0.insert(Rc::clone(&conn) as Rc<dyn Endpoint>);
+    let index = live
+        .connections
+        .insert(Rc::clone(&conn) as Rc<dyn Endpoint>);
     conn.state.borrow_mut().live_index = index;
     if let Some(timeout) = setup.idle_timeout {
         arm_timer(reg, &conn, timeout);
@@ -664,7 +723,7 @@ fn live_table(reg: &mut Registry) -> &mut Live {
             let Some(live) = reg.take_state::<Live>() else {
                 return;
             };
-            for (_, conn) in live.0 {
+            for (_, conn) in live.connections {
                 conn.end_now(
                     reg,
                     io::Error::new(io::ErrorKind::ConnectionAborted, "the selector was dropped"),
@@ -701,21 +760,15 @@ fn arm_timer<T: ByteStream>(reg: &mut Registry, conn: &Rc<Conn<T>>, timeout: Dur
 }
 
 impl<T: ByteStream> Conn<T> {
-    /// The registration's callback.
+    /// The registration's callback. Kept lean for the common event, an open connection
+    /// readable or writable: everything else goes through [`Conn::ready_unusual`].
     #[inline]
     fn ready(self: &Rc<Self>, reg: &mut Registry, readiness: Readiness) {
         let state = self.state.borrow();
-        if state.connecting {
-            drop(state);
-            self.connected(reg);
-            return self.settle(reg);
-        }
-        if !state.made {
-            drop(state);
-            self.deliver_made(reg);
-            self.settle(reg);
-        } else {
-            drop(state);
+        let usual = state.made && !state.connecting;
+        drop(state);
+        if !usual {
+            return self.ready_unusual(reg, readiness);
         }
         if readiness.is_writable() {
             self.flush(reg);
@@ -728,6 +781,20 @@ impl<T: ByteStream> Conn<T> {
             }
         }
         self.settle(reg);
+    }
+
+    /// An event for a connect in progress, or for a connection whose `made` is still queued.
+    #[cold]
+    fn ready_unusual(self: &Rc<Self>, reg: &mut Registry, readiness: Readiness) {
+        if self.state.borrow().connecting {
+            self.connected(reg);
+            return self.settle(reg);
+        }
+        self.deliver_made(reg);
+        self.settle(reg);
+        if self.state.borrow().made {
+            self.ready(reg, readiness);
+        }
     }
 
     /// A connect in progress became writable: done, or failed.
@@ -778,9 +845,9 @@ impl<T: ByteStream> Conn<T> {
 
     /// Reads until the stream is drained, paused, or has given its share of this turn.
     fn read(self: &Rc<Self>, reg: &mut Registry) {
-        let mut buffer = READ_BUFFER.with(Cell::take);
+        let mut buffer = self.read_buffer.0.borrow_mut();
         if buffer.len() < READ_SIZE {
-            buffer = vec![0; READ_SIZE];
+            buffer.resize(READ_SIZE, 0);
         }
         for _ in 0..READS_PER_EVENT {
             if !self.wants_to_read() {
@@ -794,15 +861,14 @@ impl<T: ByteStream> Conn<T> {
                 Ok(n) => {
                     self.state.borrow_mut().active = true;
                     self.call(reg, |p, tx| p.data(tx, &buffer[..n]));
-                    // A pause owed goes out before the next read, so a protocol that stops
-                    // reading when told to pause writing stops now.
-                    if self.needs_settling() {
-                        self.settle(reg);
-                    }
                     // A short read drained the stream: another would only say WouldBlock.
+                    // (The caller settles what the protocol's call changed.)
                     if n < buffer.len() {
                         break;
                     }
+                    // A pause owed goes out before the next read, so a protocol that stops
+                    // reading when told to pause writing stops now.
+                    self.settle(reg);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -812,7 +878,6 @@ impl<T: ByteStream> Conn<T> {
                 }
             }
         }
-        READ_BUFFER.with(|shared| shared.set(buffer));
     }
 
     fn wants_to_read(&self) -> bool {
@@ -930,14 +995,21 @@ impl<T: ByteStream> Conn<T> {
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => self.end(reg, Some(e)),
-            Err(panic) => {
-                // The connection ends with no `lost`: its protocol just panicked.
-                drop(self.protocol.take());
-                self.end(reg, None);
-                self.forget(reg);
-                panic::resume_unwind(panic);
-            }
+            Err(panic) => self.protocol_panicked(reg, panic),
         }
+    }
+
+    /// A protocol method panicked: the connection ends, `lost` hears why, and the panic goes on
+    /// out of the loop's `run`, as a callback's does.
+    #[cold]
+    fn protocol_panicked(self: &Rc<Self>, reg: &mut Registry, panic: Box<dyn Any + Send>) -> ! {
+        self.end(reg, Some(panic_reason(&*panic)));
+        // A second panic, from `lost` itself, gives way to the first.
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| self.settle_now(reg)));
+        // Whatever happened in `lost`, the protocol is gone and the connection forgotten.
+        drop(self.protocol.take());
+        self.forget(reg);
+        panic::resume_unwind(panic)
     }
 
     fn deliver_made(self: &Rc<Self>, reg: &mut Registry) {
@@ -952,20 +1024,23 @@ impl<T: ByteStream> Conn<T> {
 
     /// Whether a protocol call is owed: a pause, a resume, or `lost`.
     fn needs_settling(&self) -> bool {
+        self.state.borrow().owes_call()
+    }
+
+    /// Delivers what is owed to the protocol, then brings the interest up to date. Nothing to
+    /// do is the common case, and costs one look at the state.
+    #[inline]
+    fn settle(self: &Rc<Self>, reg: &mut Registry) {
         let state = self.state.borrow();
-        if state.ended {
-            return true;
-        }
-        let pending = state.pending();
-        if state.writing_paused {
-            pending <= state.low
-        } else {
-            pending > state.high
+        let settled = !state.owes_call() && state.armed == state.wanted::<T>();
+        drop(state);
+        if !settled {
+            self.settle_now(reg);
         }
     }
 
-    /// Delivers what is owed to the protocol, then brings the interest up to date.
-    fn settle(self: &Rc<Self>, reg: &mut Registry) {
+    #[inline(never)]
+    fn settle_now(self: &Rc<Self>, reg: &mut Registry) {
         loop {
             let mut state = self.state.borrow_mut();
             if state.ended {
@@ -1027,8 +1102,8 @@ impl<T: ByteStream> Conn<T> {
     fn forget(&self, reg: &mut Registry) {
         let index = std::mem::replace(&mut self.state.borrow_mut().live_index, usize::MAX);
         if let Some(live) = reg.state::<Live>() {
-            if live.0.contains(index) {
-                live.0.remove(index);
+            if live.connections.contains(index) {
+                live.connections.remove(index);
             }
         }
     }
@@ -1039,24 +1114,7 @@ impl<T: ByteStream> Conn<T> {
         if state.ended {
             return;
         }
-        let mut want = Interest::NONE;
-        if state.connecting {
-            want = Interest::WRITE;
-        } else {
-            let reading = if T::CAN_READ {
-                state.reading && !state.eof && !state.closing
-            } else {
-                // A write-only stream listens for the error or hang-up that says its reader
-                // has gone, even while it has nothing to write.
-                true
-            };
-            if reading {
-                want |= Interest::READ;
-            }
-            if state.pending() > 0 {
-                want |= Interest::WRITE;
-            }
-        }
+        let want = state.wanted::<T>();
         if want == state.armed {
             return;
         }
