@@ -217,7 +217,7 @@ impl<T: ByteStream> fmt::Debug for Transport<'_, T> {
         f.debug_struct("Transport")
             .field("id", &self.conn.key.get())
             .field("buffered", &state.pending())
-            .field("ended", &state.ended)
+            .field("ended", &state.flags.has(Flags::ENDED))
             .finish_non_exhaustive()
     }
 }
@@ -263,7 +263,10 @@ impl<T: ByteStream> Transport<'_, T> {
         }
         let conn = &*self.conn;
         let mut state = conn.state.borrow_mut();
-        if state.ended || state.closing || state.shutdown != Shutdown::Open {
+        if state.flags.has(Flags::ENDED)
+            || state.flags.has(Flags::CLOSING)
+            || state.shutdown != Shutdown::Open
+        {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the transport is closing or closed",
@@ -273,7 +276,7 @@ impl<T: ByteStream> Transport<'_, T> {
             return Ok(());
         }
         let mut written = 0;
-        if state.pending() == 0 && !state.connecting {
+        if state.pending() == 0 && !state.flags.has(Flags::CONNECTING) {
             loop {
                 match conn.io.write(data) {
                     Ok(n) => {
@@ -306,7 +309,11 @@ impl<T: ByteStream> Transport<'_, T> {
     /// Calling it again, or after `close`, does nothing.
     pub fn write_eof(&mut self) {
         let mut state = self.conn.state.borrow_mut();
-        if state.ended || state.closing || state.shutdown != Shutdown::Open || !T::CAN_WRITE {
+        if state.flags.has(Flags::ENDED)
+            || state.flags.has(Flags::CLOSING)
+            || state.shutdown != Shutdown::Open
+            || !T::CAN_WRITE
+        {
             return;
         }
         state.shutdown = Shutdown::Pending;
@@ -319,10 +326,10 @@ impl<T: ByteStream> Transport<'_, T> {
     /// [`lost`](Protocol::lost) gets `None`. Calling it again does nothing.
     pub fn close(&mut self) {
         let mut state = self.conn.state.borrow_mut();
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
-        state.closing = true;
+        state.flags.set(Flags::CLOSING, true);
         let done = state.pending() == 0;
         drop(state);
         if done {
@@ -342,19 +349,23 @@ impl<T: ByteStream> Transport<'_, T> {
     /// [`resume_reading`](Transport::resume_reading), even for bytes already read in this
     /// batch. Idempotent.
     pub fn pause_reading(&mut self) {
-        self.conn.state.borrow_mut().reading = false;
+        self.conn
+            .state
+            .borrow_mut()
+            .flags
+            .set(Flags::READING, false);
         self.changed();
     }
 
     /// Reads again after [`pause_reading`](Transport::pause_reading). Idempotent.
     pub fn resume_reading(&mut self) {
-        self.conn.state.borrow_mut().reading = true;
+        self.conn.state.borrow_mut().flags.set(Flags::READING, true);
         self.changed();
     }
 
     /// Whether reading is paused.
     pub fn is_reading_paused(&self) -> bool {
-        !self.conn.state.borrow().reading
+        !self.conn.state.borrow().flags.has(Flags::READING)
     }
 
     /// Sets the write buffer's marks: [`pause_writing`](Protocol::pause_writing) when the
@@ -390,7 +401,7 @@ impl<T: ByteStream> Transport<'_, T> {
     pub fn is_writing_paused(&self) -> bool {
         let state = self.conn.state.borrow();
         let pending = state.pending();
-        if state.writing_paused {
+        if state.flags.has(Flags::WRITING_PAUSED) {
             pending > state.low
         } else {
             pending > state.high
@@ -405,7 +416,9 @@ impl<T: ByteStream> Transport<'_, T> {
     /// Whether the connection is closing or closed: writes fail from now on.
     pub fn is_closing(&self) -> bool {
         let state = self.conn.state.borrow();
-        state.ended || state.closing || state.shutdown != Shutdown::Open
+        state.flags.has(Flags::ENDED)
+            || state.flags.has(Flags::CLOSING)
+            || state.shutdown != Shutdown::Open
     }
 
     /// Applies what an operation changed: the interest, and the protocol calls it calls for.
@@ -427,11 +440,49 @@ impl<T: ByteStream> Transport<'_, T> {
 
 /// How far the writing direction has been shut.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 enum Shutdown {
     Open,
     /// `write_eof` was called; the stream is shut once the buffer is flushed.
     Pending,
     Done,
+}
+
+/// Where a connection is in its life, as bits of one byte, so that one comparison tells the
+/// usual state (open, reading, nothing owed) from every other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Flags(u8);
+
+impl Flags {
+    /// `made` has been delivered.
+    const MADE: u8 = 1;
+    /// A connect is in progress.
+    const CONNECTING: u8 = 1 << 1;
+    /// The user's wish (`pause_reading`/`resume_reading`).
+    const READING: u8 = 1 << 2;
+    /// The peer's end of stream has been read.
+    const EOF: u8 = 1 << 3;
+    /// `close` was called: flush, then end.
+    const CLOSING: u8 = 1 << 4;
+    /// The connection is over; `lost` is due (or done, once the protocol is gone).
+    const ENDED: u8 = 1 << 5;
+    /// The protocol has been told to pause writing (and not yet to resume).
+    const WRITING_PAUSED: u8 = 1 << 6;
+
+    /// An open connection, reading, writing not paused.
+    const USUAL: Flags = Flags(Flags::MADE | Flags::READING);
+
+    fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.0 |= flag;
+        } else {
+            self.0 &= !flag;
+        }
+    }
 }
 
 /// A connection's mutable state. Borrowed only between user calls.
@@ -441,21 +492,8 @@ struct State {
     sent: usize,
     high: usize,
     low: usize,
-    /// Whether the protocol has been told to pause writing (and not yet to resume).
-    writing_paused: bool,
-    /// The user's wish (`pause_reading`/`resume_reading`).
-    reading: bool,
-    /// The peer's end of stream has been read.
-    eof: bool,
+    flags: Flags,
     shutdown: Shutdown,
-    /// `close` was called: flush, then end.
-    closing: bool,
-    /// A connect is in progress.
-    connecting: bool,
-    /// `made` has been delivered.
-    made: bool,
-    /// The connection is over; `lost` is due (or done, once the protocol is gone).
-    ended: bool,
     /// What `lost` will get.
     reason: Option<io::Error>,
     /// The interest the registration has now.
@@ -472,14 +510,22 @@ impl State {
         self.output.len() - self.sent
     }
 
+    /// The usual state, which needs nothing: open and reading, nothing buffered, nothing owed
+    /// to the protocol, and the selector waiting for just that. Cheaper to ask than
+    /// [`owes_call`](State::owes_call) and [`wanted`](State::wanted).
+    #[inline]
+    fn is_usual(&self) -> bool {
+        self.flags == Flags::USUAL && self.armed == Interest::READ && self.output.len() == self.sent
+    }
+
     /// Whether a protocol call is owed: a pause, a resume, or `lost`.
     #[inline]
     fn owes_call(&self) -> bool {
-        if self.ended {
+        if self.flags.has(Flags::ENDED) {
             return true;
         }
         let pending = self.pending();
-        if self.writing_paused {
+        if self.flags.has(Flags::WRITING_PAUSED) {
             pending <= self.low
         } else {
             pending > self.high
@@ -489,11 +535,13 @@ impl State {
     /// What the connection waits for now, from the selector.
     #[inline]
     fn wanted<T: ByteStream>(&self) -> Interest {
-        if self.connecting {
+        if self.flags.has(Flags::CONNECTING) {
             return Interest::WRITE;
         }
         let reading = if T::CAN_READ {
-            self.reading && !self.eof && !self.closing
+            self.flags.has(Flags::READING)
+                && !self.flags.has(Flags::EOF)
+                && !self.flags.has(Flags::CLOSING)
         } else {
             // A write-only stream listens for the error or hang-up that says its reader has
             // gone, even while it has nothing to write.
@@ -655,14 +703,12 @@ pub(crate) fn open<T: ByteStream>(
             sent: 0,
             high: DEFAULT_HIGH_WATER,
             low: DEFAULT_LOW_WATER,
-            writing_paused: false,
-            reading: true,
-            eof: false,
+            flags: Flags(if connecting {
+                Flags::READING | Flags::CONNECTING
+            } else {
+                Flags::READING
+            }),
             shutdown: Shutdown::Open,
-            closing: false,
-            connecting,
-            made: false,
-            ended: false,
             reason: None,
             armed: interest,
             active: false,
@@ -740,7 +786,7 @@ fn arm_timer<T: ByteStream>(reg: &mut Registry, conn: &Rc<Conn<T>>, timeout: Dur
         let Some(conn) = weak.upgrade() else { return };
         let mut state = conn.state.borrow_mut();
         state.timer = None;
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
         if std::mem::take(&mut state.active) {
@@ -765,7 +811,8 @@ impl<T: ByteStream> Conn<T> {
     #[inline]
     fn ready(self: &Rc<Self>, reg: &mut Registry, readiness: Readiness) {
         let state = self.state.borrow();
-        let usual = state.made && !state.connecting;
+        let usual = state.flags == Flags::USUAL
+            || (state.flags.has(Flags::MADE) && !state.flags.has(Flags::CONNECTING));
         drop(state);
         if !usual {
             return self.ready_unusual(reg, readiness);
@@ -786,13 +833,13 @@ impl<T: ByteStream> Conn<T> {
     /// An event for a connect in progress, or for a connection whose `made` is still queued.
     #[cold]
     fn ready_unusual(self: &Rc<Self>, reg: &mut Registry, readiness: Readiness) {
-        if self.state.borrow().connecting {
+        if self.state.borrow().flags.has(Flags::CONNECTING) {
             self.connected(reg);
             return self.settle(reg);
         }
         self.deliver_made(reg);
         self.settle(reg);
-        if self.state.borrow().made {
+        if self.state.borrow().flags.has(Flags::MADE) {
             self.ready(reg, readiness);
         }
     }
@@ -802,7 +849,7 @@ impl<T: ByteStream> Conn<T> {
         match super::socket::finish_connect(&self.io) {
             Ok(()) => {
                 let mut state = self.state.borrow_mut();
-                state.connecting = false;
+                state.flags.set(Flags::CONNECTING, false);
                 let timer = state.timer.take();
                 drop(state);
                 if let Some(timer) = timer {
@@ -836,7 +883,7 @@ impl<T: ByteStream> Conn<T> {
     /// Ends a connection that never opened: its protocol is dropped unheard, and the connect's
     /// caller hears the error instead.
     pub(crate) fn connect_failed(self: &Rc<Self>, reg: &mut Registry, error: io::Error) {
-        if !self.state.borrow().connecting {
+        if !self.state.borrow().flags.has(Flags::CONNECTING) {
             return;
         }
         self.end(reg, Some(error));
@@ -882,25 +929,29 @@ impl<T: ByteStream> Conn<T> {
 
     fn wants_to_read(&self) -> bool {
         let state = self.state.borrow();
-        state.reading && !state.eof && !state.closing && !state.ended
+        state.flags == Flags::USUAL
+            || state.flags.has(Flags::READING)
+                && !state.flags.has(Flags::EOF)
+                && !state.flags.has(Flags::CLOSING)
+                && !state.flags.has(Flags::ENDED)
     }
 
     fn end_of_stream(self: &Rc<Self>, reg: &mut Registry) {
-        self.state.borrow_mut().eof = true;
+        self.state.borrow_mut().flags.set(Flags::EOF, true);
         let mut keep_open = false;
         self.call(reg, |p, tx| {
             keep_open = p.eof(tx);
             Ok(())
         });
         let state = self.state.borrow();
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
         let both_done = state.shutdown == Shutdown::Done || !T::CAN_WRITE;
         let pending = state.pending();
         drop(state);
         if !keep_open || both_done {
-            self.state.borrow_mut().closing = true;
+            self.state.borrow_mut().flags.set(Flags::CLOSING, true);
             if pending == 0 {
                 self.end(reg, None);
             }
@@ -921,7 +972,7 @@ impl<T: ByteStream> Conn<T> {
     /// Writes what the stream takes of the buffer; then shuts or closes if that was asked.
     fn flush(self: &Rc<Self>, reg: &mut Registry) {
         let mut state = self.state.borrow_mut();
-        if state.ended || state.connecting {
+        if state.flags.has(Flags::ENDED) || state.flags.has(Flags::CONNECTING) {
             return;
         }
         while state.pending() > 0 {
@@ -957,13 +1008,13 @@ impl<T: ByteStream> Conn<T> {
         } else {
             return;
         }
-        if state.closing {
+        if state.flags.has(Flags::CLOSING) {
             drop(state);
             return self.end(reg, None);
         }
         if state.shutdown == Shutdown::Pending {
             state.shutdown = Shutdown::Done;
-            let eof = state.eof || !T::CAN_READ;
+            let eof = state.flags.has(Flags::EOF) || !T::CAN_READ;
             drop(state);
             match self.io.shutdown_write() {
                 Ok(()) if !eof => {}
@@ -1014,10 +1065,10 @@ impl<T: ByteStream> Conn<T> {
 
     fn deliver_made(self: &Rc<Self>, reg: &mut Registry) {
         let mut state = self.state.borrow_mut();
-        if state.made || state.ended {
+        if state.flags.has(Flags::MADE) || state.flags.has(Flags::ENDED) {
             return;
         }
-        state.made = true;
+        state.flags.set(Flags::MADE, true);
         drop(state);
         self.call(reg, |p, tx| p.made(tx));
     }
@@ -1032,7 +1083,8 @@ impl<T: ByteStream> Conn<T> {
     #[inline]
     fn settle(self: &Rc<Self>, reg: &mut Registry) {
         let state = self.state.borrow();
-        let settled = !state.owes_call() && state.armed == state.wanted::<T>();
+        let settled =
+            state.is_usual() || (!state.owes_call() && state.armed == state.wanted::<T>());
         drop(state);
         if !settled {
             self.settle_now(reg);
@@ -1043,22 +1095,22 @@ impl<T: ByteStream> Conn<T> {
     fn settle_now(self: &Rc<Self>, reg: &mut Registry) {
         loop {
             let mut state = self.state.borrow_mut();
-            if state.ended {
+            if state.flags.has(Flags::ENDED) {
                 let reason = state.reason.take();
-                let made = state.made;
+                let made = state.flags.has(Flags::MADE);
                 drop(state);
                 return self.deliver_lost(reg, reason, made);
             }
             let pending = state.pending();
-            if !state.writing_paused && pending > state.high {
-                state.writing_paused = true;
+            if !state.flags.has(Flags::WRITING_PAUSED) && pending > state.high {
+                state.flags.set(Flags::WRITING_PAUSED, true);
                 drop(state);
                 self.call(reg, |p, tx| {
                     p.pause_writing(tx);
                     Ok(())
                 });
-            } else if state.writing_paused && pending <= state.low {
-                state.writing_paused = false;
+            } else if state.flags.has(Flags::WRITING_PAUSED) && pending <= state.low {
+                state.flags.set(Flags::WRITING_PAUSED, false);
                 drop(state);
                 self.call(reg, |p, tx| {
                     p.resume_writing(tx);
@@ -1111,7 +1163,7 @@ impl<T: ByteStream> Conn<T> {
     /// Asks the selector for what the connection waits for now.
     fn sync_interest(&self, reg: &mut Registry) {
         let mut state = self.state.borrow_mut();
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
         let want = state.wanted::<T>();
@@ -1130,10 +1182,10 @@ impl<T: ByteStream> Conn<T> {
     /// server told. `lost` is delivered by the next `settle`.
     fn end(&self, reg: &mut Registry, reason: Option<io::Error>) {
         let mut state = self.state.borrow_mut();
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
-        state.ended = true;
+        state.flags.set(Flags::ENDED, true);
         state.reason = reason;
         state.output = Vec::new();
         state.sent = 0;
