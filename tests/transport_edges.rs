@@ -1,0 +1,289 @@
+//! Transport edges the other transport tests leave out: a pause of reading inside `made`, or
+//! from another connection's callback in the same batch; writes after each way of closing,
+//! and inside `lost`; the high-water mark to the byte; a client that resets before it is
+//! accepted.
+//!
+//! The selector runs on the test's thread; clients are non-blocking sockets drained between
+//! turns of the loop, so nothing can hang and no thread can fail unseen.
+
+#[path = "util/net.rs"]
+mod net_util;
+
+use std::cell::RefCell;
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::rc::Rc;
+use std::time::Duration;
+
+use net_util::{
+    client, drain, only_id, only_log, pattern, reset, run_for, run_until, server, Heard, Log,
+    Recorder,
+};
+use selreactor::net::{ConnId, ServerOptions};
+use selreactor::Selector;
+
+const MIB: usize = 1 << 20;
+/// Long enough to see a `data` that should not come on a loaded machine; never an upper bound.
+const QUIET: Duration = Duration::from_millis(300);
+
+fn data_of(log: &[Heard]) -> Vec<u8> {
+    log.iter()
+        .filter_map(|h| match h {
+            Heard::Data(d) => Some(d.as_slice()),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect()
+}
+
+fn lost_count(log: &[Heard]) -> usize {
+    log.iter().filter(|h| matches!(h, Heard::Lost(_))).count()
+}
+
+#[test]
+fn a_pause_inside_made_holds_until_resumed() -> io::Result<()> {
+    let (mut sel, addr, _server) = server(ServerOptions::default(), || {
+        Recorder::new(|tx, heard| {
+            if *heard == Heard::Made {
+                tx.pause_reading();
+                tx.pause_reading(); // idempotent
+            }
+            Ok(())
+        })
+    })?;
+    let mut peer = client(addr)?;
+    peer.write_all(b"hello")?;
+    run_until(&mut sel, "made", |sel| Ok(!only_log(sel).is_empty()))?;
+    run_for(&mut sel, QUIET)?;
+    assert_eq!(only_log(&mut sel), [Heard::Made], "data while paused");
+
+    let id = only_id(&mut sel);
+    let mut tx = id.transport(&mut sel)?;
+    assert!(tx.is_reading_paused());
+    tx.resume_reading();
+    tx.resume_reading();
+    run_until(&mut sel, "the data", |sel| {
+        Ok(data_of(&only_log(sel)) == b"hello")
+    })?;
+    Ok(())
+}
+
+/// The connection whose reading the first `data` of another connection pauses.
+struct ToPause(Option<ConnId<TcpStream>>);
+
+#[test]
+fn a_pause_from_another_connections_callback_holds_within_the_same_batch() -> io::Result<()> {
+    let (mut sel, addr, _server) = server(ServerOptions::default(), || {
+        Recorder::new(|tx, heard| {
+            if let Heard::Data(_) = heard {
+                if let Some(other) = tx.registry().state::<ToPause>().unwrap().0.take() {
+                    other.transport(tx.registry())?.pause_reading();
+                    let me = tx.id();
+                    // A marker in the log: nothing of the other's may follow it.
+                    let log = tx.registry().state::<Log>().unwrap();
+                    log.0.push((me, Heard::Pause(usize::MAX)));
+                }
+            }
+            Ok(())
+        })
+    })?;
+    sel.insert_state(ToPause(None));
+    let mut a = client(addr)?;
+    run_until(&mut sel, "a made", |sel| Ok(!only_log(sel).is_empty()))?;
+    let a_id = only_id(&mut sel);
+    let mut b = client(addr)?;
+    run_until(&mut sel, "b made", |sel| {
+        Ok(sel.state::<Log>().unwrap().0.len() == 2)
+    })?;
+    let b_id = sel.state::<Log>().unwrap().0[1].0;
+    sel.state::<ToPause>().unwrap().0 = Some(b_id);
+    // A becomes readable first, so its callback runs first in the batch both are in.
+    a.write_all(b"from a")?;
+    b.write_all(b"from b")?;
+    run_for(&mut sel, QUIET)?;
+    let log = sel.state::<Log>().unwrap();
+    let marker = log
+        .0
+        .iter()
+        .position(|&(id, ref h)| id == a_id && *h == Heard::Pause(usize::MAX))
+        .expect("a's data paused b");
+    let b_data_after: Vec<_> = log.0[marker..]
+        .iter()
+        .filter(|&&(id, ref h)| id == b_id && matches!(h, Heard::Data(_)))
+        .collect();
+    assert!(
+        b_data_after.is_empty(),
+        "b read while paused: {b_data_after:?}"
+    );
+    // And none before: the loop dispatches in readiness order, so b's turn came after a's.
+    assert!(data_of(&log.of(b_id)).is_empty(), "b read before a");
+
+    b_id.transport(&mut sel)?.resume_reading();
+    run_until(&mut sel, "b's data", |sel| {
+        Ok(data_of(&sel.state::<Log>().unwrap().of(b_id)) == b"from b")
+    })?;
+    Ok(())
+}
+
+/// What a write inside `lost` returned.
+type LateWrite = Rc<RefCell<Option<io::ErrorKind>>>;
+
+#[test]
+fn writes_after_close_or_abort_and_inside_lost_are_refused_and_never_sent() -> io::Result<()> {
+    for abort in [false, true] {
+        let late: LateWrite = Rc::default();
+        let in_lost = Rc::clone(&late);
+        let (mut sel, addr, _server) = server(ServerOptions::default(), move || {
+            let in_lost = Rc::clone(&in_lost);
+            Recorder::new(move |tx, heard| {
+                match heard {
+                    Heard::Made => {
+                        tx.write(&pattern(0, 4 * MIB))?;
+                        let buffered = tx.write_buffer_size();
+                        assert!(buffered > 0, "4 MiB fit in the socket");
+                        if abort {
+                            tx.abort();
+                            tx.abort();
+                            tx.close();
+                        } else {
+                            tx.close();
+                            tx.close();
+                        }
+                        let error = tx.write(b"late").unwrap_err();
+                        assert_eq!(error.kind(), io::ErrorKind::NotConnected);
+                        assert!(tx.is_closing());
+                        if !abort {
+                            assert_eq!(tx.write_buffer_size(), buffered, "the buffer grew");
+                        }
+                    }
+                    Heard::Lost(_) => {
+                        *in_lost.borrow_mut() = tx.write(b"later").err().map(|e| e.kind());
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })
+        })?;
+        let peer = client(addr)?;
+        let mut got = Vec::new();
+        run_until(&mut sel, "the end of the stream", |_| {
+            match drain(&peer, &mut got) {
+                Ok(end) => Ok(end),
+                // An abort with unsent data resets the connection.
+                Err(e) if abort && e.kind() == io::ErrorKind::ConnectionReset => Ok(true),
+                Err(e) => Err(e),
+            }
+        })?;
+        if abort {
+            assert!(got.len() < 4 * MIB, "an abort sent the whole buffer");
+        } else {
+            assert!(got == pattern(0, 4 * MIB), "close lost or added bytes");
+        }
+        run_until(&mut sel, "lost", |sel| Ok(lost_count(&only_log(sel)) == 1))?;
+        run_for(&mut sel, Duration::from_millis(20))?;
+        assert_eq!(only_log(&mut sel).last(), Some(&Heard::Lost(None)));
+        assert_eq!(lost_count(&only_log(&mut sel)), 1);
+        assert_eq!(
+            *late.borrow(),
+            Some(io::ErrorKind::NotConnected),
+            "a write in lost"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_buffer_at_the_high_water_mark_does_not_pause_and_one_byte_more_does() -> io::Result<()> {
+    let (mut sel, addr, _server) = server(ServerOptions::default(), || {
+        Recorder::new(|tx, heard| {
+            if *heard == Heard::Made {
+                // Fill the socket (the peer never reads), so what follows stays buffered.
+                tx.write(&pattern(0, 4 * MIB))?;
+                tx.set_write_limits(usize::MAX, 0);
+            }
+            Ok(())
+        })
+    })?;
+    let _peer = client(addr)?;
+    run_until(&mut sel, "made", |sel| Ok(!only_log(sel).is_empty()))?;
+    let id = only_id(&mut sel);
+    let pauses = |sel: &mut Selector| {
+        only_log(sel)
+            .iter()
+            .filter(|h| matches!(h, Heard::Pause(_)))
+            .count()
+    };
+
+    // Exactly at the mark (`high` is the most a buffer may hold without a pause).
+    let mut tx = id.transport(&mut sel)?;
+    let buffered = tx.write_buffer_size();
+    assert!(buffered > 0, "4 MiB fit in the socket");
+    tx.set_write_limits(buffered + 100, 0);
+    tx.write(&[7; 100])?;
+    assert_eq!(tx.write_buffer_size(), buffered + 100);
+    assert!(!tx.is_writing_paused());
+    run_for(&mut sel, Duration::from_millis(50))?;
+    assert_eq!(pauses(&mut sel), 0, "paused at the mark, not past it");
+
+    // One byte past it.
+    let mut tx = id.transport(&mut sel)?;
+    let buffered = tx.write_buffer_size();
+    tx.set_write_limits(buffered, 0);
+    run_for(&mut sel, Duration::from_millis(50))?;
+    assert_eq!(pauses(&mut sel), 0, "a new mark equal to the buffer paused");
+    let mut tx = id.transport(&mut sel)?;
+    let buffered = tx.write_buffer_size();
+    tx.set_write_limits(buffered, 0);
+    tx.write(&[7])?;
+    assert!(tx.is_writing_paused());
+    run_until(&mut sel, "the pause", |sel| Ok(pauses(sel) == 1))?;
+    Ok(())
+}
+
+#[test]
+fn a_client_that_resets_before_it_is_accepted_ends_once_and_the_server_goes_on() -> io::Result<()> {
+    let (mut sel, addr, _server) = server(ServerOptions::default(), || {
+        Recorder::new(|tx, heard| match heard {
+            Heard::Data(data) => tx.write(data),
+            _ => Ok(()),
+        })
+    })?;
+    // Connected (the kernel finished the handshake) and reset before the loop ever runs.
+    for _ in 0..3 {
+        reset(TcpStream::connect(addr)?)?;
+    }
+    let steady = client(addr)?;
+    run_until(&mut sel, "the steady client made", |sel| {
+        let log = sel.state::<Log>().unwrap();
+        Ok(log.0.iter().filter(|(_, h)| *h == Heard::Made).count() == 4)
+    })?;
+    run_until(&mut sel, "three lost", |sel| {
+        Ok(sel.state::<Log>().unwrap().lost() == 3)
+    })?;
+    let log = &sel.state::<Log>().unwrap().0;
+    let ids: Vec<_> = log
+        .iter()
+        .filter(|(_, h)| *h == Heard::Made)
+        .map(|&(id, _)| id)
+        .collect();
+    for &id in &ids[..3] {
+        let heard = sel.state::<Log>().unwrap().of(id);
+        assert_eq!(
+            heard,
+            [
+                Heard::Made,
+                Heard::Lost(Some(io::ErrorKind::ConnectionReset))
+            ],
+            "{id:?}"
+        );
+    }
+    let mut steady_ref = &steady;
+    steady_ref.write_all(b"ping")?;
+    let mut got = Vec::new();
+    run_until(&mut sel, "the echo", |_| {
+        drain(&steady, &mut got)?;
+        Ok(got == b"ping")
+    })?;
+    Ok(())
+}
