@@ -1,7 +1,7 @@
 //! Transport edges the other transport tests leave out: a pause of reading inside `made`, or
 //! from another connection's callback in the same batch; writes after each way of closing,
 //! and inside `lost`; the high-water mark to the byte; a client that resets before it is
-//! accepted.
+//! accepted; a connection cap given back by every kind of ending.
 //!
 //! The selector runs on the test's thread; clients are non-blocking sockets drained between
 //! turns of the loop, so nothing can hang and no thread can fail unseen.
@@ -285,5 +285,89 @@ fn a_client_that_resets_before_it_is_accepted_ends_once_and_the_server_goes_on()
         drain(&steady, &mut got)?;
         Ok(got == b"ping")
     })?;
+    Ok(())
+}
+
+#[test]
+fn the_connection_cap_is_given_back_by_every_ending() -> io::Result<()> {
+    let options = ServerOptions::default()
+        .max_connections(4)
+        .idle_timeout(Duration::from_millis(200));
+    let (mut sel, addr, server) = server(options, || {
+        Recorder::new(|tx, heard| match heard {
+            Heard::Data(data) if data == b"abort" => {
+                tx.abort();
+                Ok(())
+            }
+            Heard::Data(data) => tx.write(data),
+            _ => Ok(()),
+        })
+    })?;
+    let count = |sel: &mut Selector, what: fn(&Heard) -> bool| {
+        sel.state::<Log>()
+            .unwrap()
+            .0
+            .iter()
+            .filter(|(_, h)| what(h))
+            .count()
+    };
+    let made = |h: &Heard| *h == Heard::Made;
+    let lost = |h: &Heard| matches!(h, Heard::Lost(_));
+    let open_matches_log = |sel: &mut Selector| {
+        let live = count(sel, made) - count(sel, lost);
+        assert_eq!(server.stats(sel).unwrap().open, live);
+    };
+
+    let first: Vec<TcpStream> = (0..4).map(|_| client(addr)).collect::<io::Result<_>>()?;
+    run_until(&mut sel, "four made", |sel| Ok(count(sel, made) == 4))?;
+    let waiting = client(addr)?; // over the cap: waits in the backlog
+    run_for(&mut sel, Duration::from_millis(50))?;
+    assert_eq!(count(&mut sel, made), 4, "accepted past the cap");
+    open_matches_log(&mut sel);
+
+    // One ends by a reset, one by a FIN, one by the server's abort; the last goes idle.
+    let mut first = first.into_iter();
+    reset(first.next().unwrap())?;
+    drop(first.next().unwrap());
+    let mut aborted = first.next().unwrap();
+    aborted.write_all(b"abort")?;
+    let _idle = first.next().unwrap();
+    let later: Vec<TcpStream> = (0..3).map(|_| client(addr)).collect::<io::Result<_>>()?;
+    run_until(&mut sel, "four more made", |sel| {
+        open_matches_log(sel);
+        Ok(count(sel, made) == 8)
+    })?;
+    // Every connection ends at last, the later ones by their idle timeouts.
+    run_until(&mut sel, "every connection lost", |sel| {
+        open_matches_log(sel);
+        Ok(count(sel, lost) == 8)
+    })?;
+    let stats = server.stats(&sel).unwrap();
+    assert_eq!((stats.accepted, stats.open), (8, 0));
+    assert!(server.is_accepting(&sel));
+    let log = sel.state::<Log>().unwrap();
+    let reasons: Vec<_> = log
+        .0
+        .iter()
+        .filter_map(|(_, h)| match h {
+            Heard::Lost(reason) => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    let timed_out = reasons
+        .iter()
+        .filter(|&&r| r == Some(io::ErrorKind::TimedOut))
+        .count();
+    assert!(
+        reasons.contains(&Some(io::ErrorKind::ConnectionReset)),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.iter().filter(|r| r.is_none()).count(),
+        2,
+        "{reasons:?}"
+    );
+    assert_eq!(timed_out, 5, "{reasons:?}");
+    drop((waiting, later));
     Ok(())
 }
