@@ -1,16 +1,18 @@
 //! Transport edges the other transport tests leave out: a pause of reading inside `made`, or
 //! from another connection's callback in the same batch; writes after each way of closing,
 //! and inside `lost`; the high-water mark to the byte; a client that resets before it is
-//! accepted; a connection cap given back by every kind of ending.
+//! accepted; a connection cap given back by every kind of ending; a producer that never stops
+//! meeting a reset; `close` on a pipe with a full buffer.
 //!
 //! The selector runs on the test's thread; clients are non-blocking sockets drained between
 //! turns of the loop, so nothing can hang and no thread can fail unseen.
 
 #[path = "util/net.rs"]
 mod net_util;
+mod util;
 
-use std::cell::RefCell;
-use std::io::{self, Write};
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::rc::Rc;
 use std::time::Duration;
@@ -19,8 +21,8 @@ use net_util::{
     client, drain, only_id, only_log, pattern, reset, run_for, run_until, server, Heard, Log,
     Recorder,
 };
-use selreactor::net::{ConnId, ServerOptions};
-use selreactor::Selector;
+use selreactor::net::{pipe, start, ConnId, PipeWriter, Protocol, ServerOptions, Transport};
+use selreactor::{Registry, Selector};
 
 const MIB: usize = 1 << 20;
 /// Long enough to see a `data` that should not come on a loaded machine; never an upper bound.
@@ -369,5 +371,125 @@ fn the_connection_cap_is_given_back_by_every_ending() -> io::Result<()> {
     );
     assert_eq!(timed_out, 5, "{reasons:?}");
     drop((waiting, later));
+    Ok(())
+}
+
+/// Writes 1 KiB through `id` whenever writing is not paused, from a deferred call that
+/// schedules itself again at once, until the id is refused; then records the refusal.
+fn pump(reg: &mut Registry, id: ConnId<TcpStream>, refused: Rc<Cell<Option<io::ErrorKind>>>) {
+    match id.transport(reg) {
+        Ok(mut tx) => {
+            if !tx.is_writing_paused() {
+                let _ = tx.write(&[b'x'; 1024]);
+            }
+            reg.call_soon(move |reg| pump(reg, id, refused));
+        }
+        Err(e) => refused.set(Some(e.kind())),
+    }
+}
+
+#[test]
+fn a_producer_that_never_stops_hears_a_reset_and_is_refused_after() -> io::Result<()> {
+    let _watchdog = util::watchdog(util::HUNG_AFTER);
+    let refused: Rc<Cell<Option<io::ErrorKind>>> = Rc::default();
+    let for_made = Rc::clone(&refused);
+    let (mut sel, addr, _server) = server(ServerOptions::default(), move || {
+        let refused = Rc::clone(&for_made);
+        Recorder::new(move |tx, heard| {
+            match heard {
+                Heard::Made => {
+                    let (id, refused) = (tx.id(), Rc::clone(&refused));
+                    tx.registry().call_soon(move |reg| pump(reg, id, refused));
+                }
+                // And on every `data`, as an echo would.
+                Heard::Data(data) if !tx.is_writing_paused() => tx.write(data)?,
+                _ => {}
+            }
+            Ok(())
+        })
+    })?;
+    let peer = client(addr)?;
+    (&peer).write_all(b"hello")?;
+    let mut got = Vec::new();
+    run_until(&mut sel, "some output", |_| {
+        drain(&peer, &mut got)?;
+        Ok(got.len() > 64 * 1024)
+    })?;
+    reset(peer)?;
+    run_until(&mut sel, "lost", |sel| Ok(lost_count(&only_log(sel)) == 1))?;
+    let last = only_log(&mut sel).last().cloned();
+    assert!(
+        matches!(
+            last,
+            Some(Heard::Lost(Some(
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )))
+        ),
+        "{last:?}"
+    );
+    run_until(&mut sel, "the producer refused", |_| {
+        Ok(refused.get().is_some())
+    })?;
+    assert_eq!(refused.get(), Some(io::ErrorKind::NotFound));
+    // The server still accepts.
+    let _next = client(addr)?;
+    run_until(&mut sel, "the next made", |sel| {
+        Ok(sel
+            .state::<Log>()
+            .unwrap()
+            .0
+            .iter()
+            .filter(|(_, h)| *h == Heard::Made)
+            .count()
+            == 2)
+    })?;
+    Ok(())
+}
+
+/// Writes `pattern(0, 4 MiB)` in `made`, then closes; records `lost`.
+struct CloseFull(Rc<RefCell<Vec<Option<io::ErrorKind>>>>);
+
+impl Protocol<PipeWriter> for CloseFull {
+    fn made(&mut self, tx: &mut Transport<'_, PipeWriter>) -> io::Result<()> {
+        tx.write(&pattern(0, 4 * MIB))?;
+        assert!(tx.write_buffer_size() > 0, "4 MiB fit in a pipe");
+        tx.close();
+        assert_eq!(
+            tx.write(b"late").unwrap_err().kind(),
+            io::ErrorKind::NotConnected
+        );
+        Ok(())
+    }
+
+    fn data(&mut self, _: &mut Transport<'_, PipeWriter>, _: &[u8]) -> io::Result<()> {
+        unreachable!("a write end reads nothing")
+    }
+
+    fn lost(&mut self, _: &mut Transport<'_, PipeWriter>, reason: Option<io::Error>) {
+        self.0.borrow_mut().push(reason.map(|e| e.kind()));
+    }
+}
+
+#[test]
+fn close_on_a_pipe_with_a_full_buffer_delivers_every_byte_then_the_end() -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    let (reader, writer) = pipe()?;
+    let lost = Rc::new(RefCell::new(Vec::new()));
+    start(&mut sel, writer, CloseFull(Rc::clone(&lost))).map_err(io::Error::from)?;
+    let mut got = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    run_until(&mut sel, "the end of the pipe", |_| loop {
+        match (&reader).read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    })?;
+    assert!(got == pattern(0, 4 * MIB), "close lost or added bytes");
+    run_until(&mut sel, "lost", |_| Ok(!lost.borrow().is_empty()))?;
+    run_for(&mut sel, Duration::from_millis(20))?;
+    assert_eq!(*lost.borrow(), [None]);
+    assert!(sel.is_empty());
     Ok(())
 }
