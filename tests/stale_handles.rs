@@ -193,10 +193,15 @@ impl Client {
         let text = String::from_utf8(self.unfinished.drain(..=end).collect()).expect("text");
         for line in text.lines() {
             let mut words = line.split(' ');
-            let (Some(sender), Some(number), Some(_)) = (words.next(), words.next(), words.next())
+            let (Some(sender), Some(number), Some(pad), None) =
+                (words.next(), words.next(), words.next(), words.next())
             else {
                 panic!("a line the room never sent: {line:?}");
             };
+            assert!(
+                pad.bytes().all(|b| b == b'x'),
+                "a line cut or mixed: {line:?}"
+            );
             let (sender, number) = (sender.parse().unwrap(), number.parse().unwrap());
             self.got.entry(sender).or_default().push(number);
         }
