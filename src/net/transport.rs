@@ -29,8 +29,6 @@ pub const DEFAULT_LOW_WATER: usize = 16 * 1024;
 const READ_SIZE: usize = 64 * 1024;
 /// The most reads one readiness event makes before other connections get their turn.
 const READS_PER_EVENT: usize = 4;
-/// A flushed output buffer bigger than this is freed rather than kept for next time.
-const KEEP_OUTPUT_CAPACITY: usize = 64 * 1024;
 
 /// What a connection's owner implements: the transport calls it as the connection's life goes
 /// on (asyncio's `Protocol`, Twisted's `Protocol`).
@@ -993,12 +991,11 @@ impl<T: ByteStream> Conn<T> {
             }
         }
         if state.pending() == 0 {
+            // Freed, not kept: an idle connection holds no output buffer. Writes that go
+            // straight through never allocate one; only a connection that had to buffer pays
+            // one allocation per episode.
             state.sent = 0;
-            if state.output.capacity() > KEEP_OUTPUT_CAPACITY {
-                state.output = Vec::new();
-            } else {
-                state.output.clear();
-            }
+            state.output = Vec::new();
         } else if state.sent >= state.output.len() / 2 {
             // Move the unsent tail to the front so the buffer does not creep.
             let sent = state.sent;
