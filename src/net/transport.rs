@@ -809,10 +809,9 @@ impl<T: ByteStream> Conn<T> {
     #[inline]
     fn ready(self: &Rc<Self>, reg: &mut Registry, readiness: Readiness) {
         let state = self.state.borrow();
-        let usual = state.flags == Flags::USUAL
-            || (state.flags.has(Flags::MADE) && !state.flags.has(Flags::CONNECTING));
+        let open = state.flags.has(Flags::MADE) && !state.flags.has(Flags::CONNECTING);
         drop(state);
-        if !usual {
+        if !open {
             return self.ready_unusual(reg, readiness);
         }
         if readiness.is_writable() {
@@ -927,11 +926,10 @@ impl<T: ByteStream> Conn<T> {
 
     fn wants_to_read(&self) -> bool {
         let state = self.state.borrow();
-        state.flags == Flags::USUAL
-            || state.flags.has(Flags::READING)
-                && !state.flags.has(Flags::EOF)
-                && !state.flags.has(Flags::CLOSING)
-                && !state.flags.has(Flags::ENDED)
+        state.flags.has(Flags::READING)
+            && !state.flags.has(Flags::EOF)
+            && !state.flags.has(Flags::CLOSING)
+            && !state.flags.has(Flags::ENDED)
     }
 
     fn end_of_stream(self: &Rc<Self>, reg: &mut Registry) {
