@@ -33,7 +33,7 @@ pub trait ByteStream: AsFd + 'static {
     /// The OS's.
     fn set_nonblocking(&self) -> io::Result<()>;
 
-    /// Reads what is there, as [`Read::read`] does; `Ok(0)` is end of stream.
+    /// Reads what is there, as [`Read::read`](io::Read::read) does; `Ok(0)` is end of stream.
     ///
     /// # Errors
     ///
