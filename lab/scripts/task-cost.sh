@@ -6,12 +6,12 @@
 # (lab/scripts/callgrind_atomics.py): each costs tens of cycles where most cost one.
 #
 # usage: lab/scripts/task-cost.sh [PEER...]   (default: selreactor tokio async-executor)
-# env:   WORKLOADS="wake yield"  R1=2  R2=12
+# env:   WORKLOADS="wake yield cross"  R1=2  R2=12
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PEERS=${*:-"selreactor tokio async-executor"}
-WORKLOADS=${WORKLOADS:-"wake yield"}
+WORKLOADS=${WORKLOADS:-"wake yield cross"}
 R1=${R1:-2}
 R2=${R2:-12}
 WORK=$(mktemp -d /tmp/task-cost.XXXXXX)
