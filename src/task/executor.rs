@@ -248,7 +248,7 @@ impl Registry {
         let (runnable, task) = async_task::spawn_local(future, move |r| inbox.schedule(r));
         entry.insert(runnable.waker());
         drop(live);
-        // Spawning happens on the loop's thread: straight to the local queue.
+        // A `Registry` never leaves its thread, so this is the loop's: straight to the local queue.
         tasks.local.borrow_mut().push_back(runnable);
         Task {
             inner: task.fallible(),
