@@ -2,7 +2,7 @@
 //!
 //! A task is scheduled (woken) from any thread. From the loop's own thread, the usual case (a
 //! task woken by I/O, a timer, another task or itself), its runnable goes to a queue that only
-//! that thread touches: no lock, no atomic operation. The schedule function finds that queue
+//! that thread touches: no lock, no atomic read-modify-write. The schedule function finds it
 //! through a thread-local table keyed by the executor's id, which holds an entry only on the
 //! executor's own thread. From any other thread, the runnable goes to a locked inbox and the
 //! loop's wait is woken. The inbox is moved to the back of the local queue when the loop next
