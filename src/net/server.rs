@@ -73,8 +73,16 @@ pub struct ServerOptions {
     /// The most connections one wake-up accepts, so that a flood of new connections cannot
     /// starve established ones. Default 64.
     pub accept_batch: usize,
-    /// The most connections open at once: at the cap the server stops accepting (clients wait
-    /// in the backlog) until one of its connections ends. Default: no cap.
+    /// The most connections open at once. At the cap the server stops accepting until one of
+    /// its connections ends, then accepts the longest-waiting client at once; it never accepts a
+    /// connection only to close it.
+    ///
+    /// What a client over the cap sees: its connect succeeds (the kernel completes it and
+    /// queues it in the listener's backlog, [`ListenOptions::backlog`](super::ListenOptions)),
+    /// and what it sends is buffered, but nothing answers until a place frees. The server gives
+    /// it no error and no deadline: a client that must not wait long needs a timeout of its
+    /// own. Once the backlog is full too, new connection attempts go unanswered (a TCP client
+    /// retries its SYN, and its connect eventually times out). Default: no cap.
     pub max_connections: Option<usize>,
     /// Closes a connection through which no byte has moved for this long (it is checked every
     /// `idle_timeout`, so the close comes between one and two timeouts after the last byte);

@@ -81,7 +81,8 @@ fn parse() -> io::Result<Options> {
             _ => return Err(bad(&format!("unknown option {arg}"))),
         }
     }
-    if options.concurrency == 0 || options.size == 0 || options.secs.is_nan() || options.secs <= 0.0 {
+    if options.concurrency == 0 || options.size == 0 || options.secs.is_nan() || options.secs <= 0.0
+    {
         return Err(bad("--concurrency, --size and --secs must be positive"));
     }
     if options.timeout.is_zero() {
