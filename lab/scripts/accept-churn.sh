@@ -59,8 +59,16 @@ one_run() {
     PORT=$((PORT + 1))
     local limit=()
     if [ "$limited" = 1 ]; then limit=(prlimit "--nofile=$LIMIT:$LIMIT"); fi
-    # shellcheck disable=SC2046
-    taskset -c 0 "${limit[@]}" $(server_cmd "$server" "$addr") >/dev/null 2>&1 &
+    # The server starts with only descriptors 0-2 open, so that what the limit leaves it does not
+    # depend on what the calling shell passes down.
+    (
+        for fd in /proc/"$BASHPID"/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+        done
+        # shellcheck disable=SC2046
+        exec taskset -c 0 "${limit[@]}" $(server_cmd "$server" "$addr") >/dev/null 2>&1
+    ) &
     server_pid=$!
     local tries=0
     until ss -Hltn "sport = :$port" | grep -q .; do
@@ -127,8 +135,8 @@ rows = list(csv.DictReader(open(path), delimiter="\t"))
 servers = list(dict.fromkeys(r["server"] for r in rows))
 def num(r, k):
     return float(r[k]) if r[k] else None
-print(f"| server | limit {limit}: cycles/s | unlimited: cycles/s | ratio | slowest cycle (ms) | stalls > 0.5 s | failed cycles | server CPU per cycle (µs) | held connections kept |")
-print("|---|---|---|---|---|---|---|---|---|")
+print(f"| server | limit {limit}: cycles/s | unlimited: cycles/s | ratio | slowest cycle (ms) | stalls > 0.5 s | failed cycles | server CPU per cycle (µs) | held connections kept | ratio ≥ 0.25, no stall |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for s in servers:
     runs = [r for r in rows if r["server"] == s]
     lim = [r for r in runs if r["nofile"] == limit]
@@ -154,7 +162,10 @@ for s in servers:
         return statistics.median(xs) if xs else float("nan")
     cpu = f"{cpu_per_cycle(lim):,.0f} / {cpu_per_cycle(unl):,.0f}"
     kept = "yes" if all(r["held_ok"] == "true" for r in runs) else "NO"
+    met = (len(ratios) == len({r["round"] for r in runs}) and min(ratios, default=0) >= 0.25
+           and all(r["stalls"] == "0" and r["failed"] == "0" for r in lim))
+    target = "yes" if met else "NO"
     print(f"| {s} | {med(lim, 'cycles_per_sec'):,.0f} | {med(unl, 'cycles_per_sec'):,.0f} | {ratio} "
-          f"| {worst(lim, 'max_ms'):,.0f} / {worst(unl, 'max_ms'):,.0f} | {stalls} | {failed} | {cpu} | {kept} |")
-print(f"(limited / unlimited where two figures; slowest cycle and stalls over every round, the rest medians)")
+          f"| {worst(lim, 'max_ms'):,.0f} / {worst(unl, 'max_ms'):,.0f} | {stalls} | {failed} | {cpu} | {kept} | {target} |")
+print(f"(limited / unlimited where two figures; slowest cycle, stalls and failures over every round, the rest medians; the last column asks it of every round)")
 EOF
