@@ -66,6 +66,9 @@ impl<S: DatagramSocket> DatagramProtocol for Rec<S> {
         if data == b"fail" {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "asked to fail"));
         }
+        if data == b"panic" {
+            panic!("asked to panic");
+        }
         if self.echo {
             assert_eq!(ep.send_to(data, &from)?, Sent::Sent);
         }
@@ -411,6 +414,57 @@ fn an_err_from_the_protocol_ends_the_endpoint_with_that_error() -> io::Result<()
             Ev::Lost(Some(io::ErrorKind::InvalidData)),
         ]
     );
+    Ok(())
+}
+
+#[test]
+fn a_panicking_protocol_hears_lost_and_the_panic_leaves_run() -> io::Result<()> {
+    let mut sel = Selector::new()?;
+    let (proto, log) = rec::<UdpSocket>(false);
+    let ep = DatagramEndpoint::bind_udp(&mut sel, "127.0.0.1:0".parse().unwrap(), proto)?;
+    let addr = ep.local_addr(&sel)?;
+    let peer = client(addr)?;
+    peer.send_to(b"panic", addr)?;
+    peer.send_to(b"never read", addr)?;
+    let deadline = std::time::Instant::now() + net_util::DEADLINE;
+    let panic = loop {
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sel.run_once(Some(Duration::from_millis(50)))
+        }));
+        match turn {
+            Err(panic) => break panic,
+            Ok(result) => drop(result?),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the protocol never ran"
+        );
+    };
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"asked to panic"));
+    assert_eq!(
+        *log.borrow(),
+        [
+            Ev::Made,
+            Ev::Data(b"panic".to_vec()),
+            Ev::Lost(Some(io::ErrorKind::Other)),
+        ]
+    );
+    assert!(!ep.is_open(&sel));
+    assert!(sel.is_empty(), "the endpoint is still registered");
+    // The selector is still usable: another endpoint echoes.
+    let (proto, _) = rec::<UdpSocket>(true);
+    let ep = DatagramEndpoint::bind_udp(&mut sel, "127.0.0.1:0".parse().unwrap(), proto)?;
+    let addr = ep.local_addr(&sel)?;
+    peer.set_nonblocking(true)?;
+    peer.send_to(b"still here", addr)?;
+    run_until(&mut sel, "the echo", |_| {
+        let mut buf = [0; 64];
+        match peer.recv(&mut buf) {
+            Ok(n) => Ok(&buf[..n] == b"still here"),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    })?;
     Ok(())
 }
 

@@ -692,6 +692,63 @@ fn another_connection_is_reached_by_id_and_a_stale_id_touches_nothing() -> io::R
 }
 
 #[test]
+fn a_panicking_protocol_hears_lost_once_and_the_others_are_still_served() -> io::Result<()> {
+    let (mut sel, addr, _server) = server(ServerOptions::default(), || {
+        Recorder::new(|tx, heard| match heard {
+            Heard::Data(data) if data == b"boom" => panic!("boom"),
+            Heard::Data(data) => tx.write(data),
+            _ => Ok(()),
+        })
+    })?;
+    let mut a = client(addr)?;
+    let mut b = client(addr)?;
+    run_until(&mut sel, "both made", |sel| {
+        Ok(sel.state::<Log>().unwrap().0.len() == 2)
+    })?;
+    let a_id = only_log_id(&mut sel, 0);
+    a.write_all(b"boom")?;
+    let deadline = std::time::Instant::now() + net_util::DEADLINE;
+    let panic = loop {
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sel.run_once(Some(Duration::from_millis(50)))
+        }));
+        match turn {
+            Err(panic) => break panic,
+            Ok(result) => drop(result?),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the protocol never ran"
+        );
+    };
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"boom"));
+    assert_eq!(
+        sel.state::<Log>().unwrap().of(a_id),
+        [
+            Heard::Made,
+            Heard::Data(b"boom".to_vec()),
+            Heard::Lost(Some(io::ErrorKind::Other)),
+        ]
+    );
+    assert!(!a_id.is_open(&sel));
+    // The panicking connection is closed; the other one is still served.
+    assert_eq!(read_to_end(&mut sel, &a)?, b"");
+    b.write_all(b"still here")?;
+    let mut got = Vec::new();
+    run_until(&mut sel, "b's echo", |_| {
+        drain(&b, &mut got)?;
+        Ok(got == b"still here")
+    })?;
+    assert_eq!(sel.state::<Log>().unwrap().lost(), 1);
+    Ok(())
+}
+
+/// The id of the connection whose event is the log's `index`th.
+fn only_log_id(sel: &mut Selector, index: usize) -> selreactor::net::ConnId<TcpStream> {
+    sel.state::<Log>().unwrap().0[index].0
+}
+
+#[test]
 fn a_reset_in_the_middle_of_a_big_write_ends_that_connection_only() -> io::Result<()> {
     let (mut sel, addr, _server) = server(ServerOptions::default(), || {
         Recorder::new(|tx, heard| match heard {

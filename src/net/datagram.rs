@@ -14,11 +14,13 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{self as unix, UnixDatagram};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
 use slab::Slab;
 use socket2::{Domain, SockRef, Socket, Type};
 
+use super::transport::panic_reason;
 use crate::{Event, Interest, Key, Registry};
 
 /// What each queued datagram costs on top of its payload, in the queue's accounting: about the
@@ -97,8 +99,8 @@ pub type AddrOf<P> = <<P as DatagramProtocol>::Socket as DatagramSocket>::Addr;
 /// from inside a callback never calls back into the protocol). Every method gets the
 /// [`DatagramContext`], through which it sends, closes, and reaches the registry and its
 /// loop-wide [state](Registry::state). The protocol is dropped right after `lost`. A method
-/// that panics ends the endpoint without `lost` (its protocol just panicked), and the panic
-/// unwinds out of [`run`](crate::Selector::run).
+/// that panics ends the endpoint: `lost` gets an error of kind `Other` naming the panic, and
+/// then the panic goes on out of [`run`](crate::Selector::run).
 pub trait DatagramProtocol: 'static {
     /// The socket kind: [`UdpSocket`] or [`UnixDatagram`].
     type Socket: DatagramSocket;
@@ -840,7 +842,13 @@ fn on_ready<P: DatagramProtocol>(
         outbox: &source.outbox,
         endpoint: DatagramEndpoint { key: event.key() },
     };
-    let ended = serve(&mut *protocol, &mut ctx, source, event, buffer);
+    let served = panic::catch_unwind(AssertUnwindSafe(|| {
+        serve(&mut *protocol, &mut ctx, source, event, buffer)
+    }));
+    let (ended, panicked) = match served {
+        Ok(ended) => (ended, None),
+        Err(panic) => (Err(panic_reason(&*panic)), Some(panic)),
+    };
     let (closing, drained) = {
         let outbox = ctx.outbox.borrow();
         (outbox.closing, outbox.queue.is_empty())
@@ -854,7 +862,13 @@ fn on_ready<P: DatagramProtocol>(
         // Cannot fail: the key names the registration whose callback this is. The socket is
         // out of the selector, and closed, as soon as this callback returns.
         let _ = ctx.registry.remove(event.key());
-        return protocol.lost(&mut ctx, ended.err());
+        let Some(panic) = panicked else {
+            return protocol.lost(&mut ctx, ended.err());
+        };
+        // A second panic, from `lost` itself, gives way to the first, which goes on out of
+        // the loop's `run`.
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| protocol.lost(&mut ctx, ended.err())));
+        panic::resume_unwind(panic);
     }
     let interest = match (closing, drained) {
         (true, _) => Interest::WRITE,

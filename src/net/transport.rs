@@ -6,6 +6,7 @@
 //! reaches a connection by its [`ConnId`] through [`Registry::get`], which hands out the `Rc`;
 //! so no state lives anywhere the selector cannot see.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
@@ -103,8 +104,9 @@ pub trait Protocol<T: ByteStream = std::net::TcpStream>: 'static {
     /// for an orderly end (the peer's end of stream, [`close`](Transport::close),
     /// [`abort`](Transport::abort)) and the error otherwise: the peer's reset, a failed read or
     /// write, an idle timeout (`TimedOut`), the server closed with its connections
-    /// (`ConnectionAborted`), the selector dropped (`ConnectionAborted`), or the `Err` a
-    /// protocol method returned.
+    /// (`ConnectionAborted`), the selector dropped (`ConnectionAborted`), the `Err` a
+    /// protocol method returned, or its panic (`Other`, with the panic's message; the panic
+    /// then goes on out of the loop's [`run`](crate::Selector::run)).
     ///
     /// The transport still answers questions ([`id`](Transport::id),
     /// [`get_ref`](Transport::get_ref)); writes fail with `NotConnected`. This is where a map
@@ -215,7 +217,7 @@ impl<T: ByteStream> fmt::Debug for Transport<'_, T> {
         f.debug_struct("Transport")
             .field("id", &self.conn.key.get())
             .field("buffered", &state.pending())
-            .field("ended", &state.ended)
+            .field("ended", &state.flags.has(Flags::ENDED))
             .finish_non_exhaustive()
     }
 }
@@ -261,7 +263,10 @@ impl<T: ByteStream> Transport<'_, T> {
         }
         let conn = &*self.conn;
         let mut state = conn.state.borrow_mut();
-        if state.ended || state.closing || state.shutdown != Shutdown::Open {
+        if state.flags.has(Flags::ENDED)
+            || state.flags.has(Flags::CLOSING)
+            || state.shutdown != Shutdown::Open
+        {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the transport is closing or closed",
@@ -271,7 +276,7 @@ impl<T: ByteStream> Transport<'_, T> {
             return Ok(());
         }
         let mut written = 0;
-        if state.pending() == 0 && !state.connecting {
+        if state.pending() == 0 && !state.flags.has(Flags::CONNECTING) {
             loop {
                 match conn.io.write(data) {
                     Ok(n) => {
@@ -304,7 +309,11 @@ impl<T: ByteStream> Transport<'_, T> {
     /// Calling it again, or after `close`, does nothing.
     pub fn write_eof(&mut self) {
         let mut state = self.conn.state.borrow_mut();
-        if state.ended || state.closing || state.shutdown != Shutdown::Open || !T::CAN_WRITE {
+        if state.flags.has(Flags::ENDED)
+            || state.flags.has(Flags::CLOSING)
+            || state.shutdown != Shutdown::Open
+            || !T::CAN_WRITE
+        {
             return;
         }
         state.shutdown = Shutdown::Pending;
@@ -317,10 +326,10 @@ impl<T: ByteStream> Transport<'_, T> {
     /// [`lost`](Protocol::lost) gets `None`. Calling it again does nothing.
     pub fn close(&mut self) {
         let mut state = self.conn.state.borrow_mut();
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
-        state.closing = true;
+        state.flags.set(Flags::CLOSING, true);
         let done = state.pending() == 0;
         drop(state);
         if done {
@@ -340,19 +349,23 @@ impl<T: ByteStream> Transport<'_, T> {
     /// [`resume_reading`](Transport::resume_reading), even for bytes already read in this
     /// batch. Idempotent.
     pub fn pause_reading(&mut self) {
-        self.conn.state.borrow_mut().reading = false;
+        self.conn
+            .state
+            .borrow_mut()
+            .flags
+            .set(Flags::READING, false);
         self.changed();
     }
 
     /// Reads again after [`pause_reading`](Transport::pause_reading). Idempotent.
     pub fn resume_reading(&mut self) {
-        self.conn.state.borrow_mut().reading = true;
+        self.conn.state.borrow_mut().flags.set(Flags::READING, true);
         self.changed();
     }
 
     /// Whether reading is paused.
     pub fn is_reading_paused(&self) -> bool {
-        !self.conn.state.borrow().reading
+        !self.conn.state.borrow().flags.has(Flags::READING)
     }
 
     /// Sets the write buffer's marks: [`pause_writing`](Protocol::pause_writing) when the
@@ -388,7 +401,7 @@ impl<T: ByteStream> Transport<'_, T> {
     pub fn is_writing_paused(&self) -> bool {
         let state = self.conn.state.borrow();
         let pending = state.pending();
-        if state.writing_paused {
+        if state.flags.has(Flags::WRITING_PAUSED) {
             pending > state.low
         } else {
             pending > state.high
@@ -403,7 +416,9 @@ impl<T: ByteStream> Transport<'_, T> {
     /// Whether the connection is closing or closed: writes fail from now on.
     pub fn is_closing(&self) -> bool {
         let state = self.conn.state.borrow();
-        state.ended || state.closing || state.shutdown != Shutdown::Open
+        state.flags.has(Flags::ENDED)
+            || state.flags.has(Flags::CLOSING)
+            || state.shutdown != Shutdown::Open
     }
 
     /// Applies what an operation changed: the interest, and the protocol calls it calls for.
@@ -425,11 +440,49 @@ impl<T: ByteStream> Transport<'_, T> {
 
 /// How far the writing direction has been shut.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 enum Shutdown {
     Open,
     /// `write_eof` was called; the stream is shut once the buffer is flushed.
     Pending,
     Done,
+}
+
+/// Where a connection is in its life, as bits of one byte, so that one comparison tells the
+/// usual state (open, reading, nothing owed) from every other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Flags(u8);
+
+impl Flags {
+    /// `made` has been delivered.
+    const MADE: u8 = 1;
+    /// A connect is in progress.
+    const CONNECTING: u8 = 1 << 1;
+    /// The user's wish (`pause_reading`/`resume_reading`).
+    const READING: u8 = 1 << 2;
+    /// The peer's end of stream has been read.
+    const EOF: u8 = 1 << 3;
+    /// `close` was called: flush, then end.
+    const CLOSING: u8 = 1 << 4;
+    /// The connection is over; `lost` is due (or done, once the protocol is gone).
+    const ENDED: u8 = 1 << 5;
+    /// The protocol has been told to pause writing (and not yet to resume).
+    const WRITING_PAUSED: u8 = 1 << 6;
+
+    /// An open connection, reading, writing not paused.
+    const USUAL: Flags = Flags(Flags::MADE | Flags::READING);
+
+    fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.0 |= flag;
+        } else {
+            self.0 &= !flag;
+        }
+    }
 }
 
 /// A connection's mutable state. Borrowed only between user calls.
@@ -439,21 +492,8 @@ struct State {
     sent: usize,
     high: usize,
     low: usize,
-    /// Whether the protocol has been told to pause writing (and not yet to resume).
-    writing_paused: bool,
-    /// The user's wish (`pause_reading`/`resume_reading`).
-    reading: bool,
-    /// The peer's end of stream has been read.
-    eof: bool,
+    flags: Flags,
     shutdown: Shutdown,
-    /// `close` was called: flush, then end.
-    closing: bool,
-    /// A connect is in progress.
-    connecting: bool,
-    /// `made` has been delivered.
-    made: bool,
-    /// The connection is over; `lost` is due (or done, once the protocol is gone).
-    ended: bool,
     /// What `lost` will get.
     reason: Option<io::Error>,
     /// The interest the registration has now.
@@ -468,6 +508,53 @@ struct State {
 impl State {
     fn pending(&self) -> usize {
         self.output.len() - self.sent
+    }
+
+    /// The usual state, which needs nothing: open and reading, nothing buffered, nothing owed
+    /// to the protocol, and the selector waiting for just that. Cheaper to ask than
+    /// [`owes_call`](State::owes_call) and [`wanted`](State::wanted).
+    #[inline]
+    fn is_usual(&self) -> bool {
+        self.flags == Flags::USUAL && self.armed == Interest::READ && self.output.len() == self.sent
+    }
+
+    /// Whether a protocol call is owed: a pause, a resume, or `lost`.
+    #[inline]
+    fn owes_call(&self) -> bool {
+        if self.flags.has(Flags::ENDED) {
+            return true;
+        }
+        let pending = self.pending();
+        if self.flags.has(Flags::WRITING_PAUSED) {
+            pending <= self.low
+        } else {
+            pending > self.high
+        }
+    }
+
+    /// What the connection waits for now, from the selector.
+    #[inline]
+    fn wanted<T: ByteStream>(&self) -> Interest {
+        if self.flags.has(Flags::CONNECTING) {
+            return Interest::WRITE;
+        }
+        let reading = if T::CAN_READ {
+            self.flags.has(Flags::READING)
+                && !self.flags.has(Flags::EOF)
+                && !self.flags.has(Flags::CLOSING)
+        } else {
+            // A write-only stream listens for the error or hang-up that says its reader has
+            // gone, even while it has nothing to write.
+            true
+        };
+        let mut want = Interest::NONE;
+        if reading {
+            want |= Interest::READ;
+        }
+        if self.pending() > 0 {
+            want |= Interest::WRITE;
+        }
+        want
     }
 }
 
@@ -494,7 +581,14 @@ pub(crate) struct Conn<T: ByteStream> {
     connect_failed: Cell<Option<ConnectFailed>>,
     /// A deferred `settle` is queued.
     settle_queued: Cell<bool>,
+    /// The loop's read buffer, which all its connections share.
+    read_buffer: Rc<ReadBuffer>,
 }
+
+/// The read buffer every transport of a loop shares: callbacks run one at a time, and only the
+/// loop's dispatch reads, so reads never nest. Grown to its size at the first read.
+#[derive(Default)]
+struct ReadBuffer(RefCell<Vec<u8>>);
 
 impl<T: ByteStream> AsFd for Conn<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -502,16 +596,14 @@ impl<T: ByteStream> AsFd for Conn<T> {
     }
 }
 
-thread_local! {
-    /// The read buffer every transport on this thread shares (so one per loop, at most, since a
-    /// loop runs on one thread): callbacks run one at a time. Taken out while a read runs.
-    static READ_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
 /// Every connection of the loop whose `lost` has not run yet, so that dropping the selector
-/// can end them all properly, and closing a server can find its own.
+/// can end them all properly, and closing a server can find its own; and the buffer they read
+/// into.
 #[derive(Default)]
-struct Live(Slab<Rc<dyn Endpoint>>);
+struct Live {
+    connections: Slab<Rc<dyn Endpoint>>,
+    read_buffer: Rc<ReadBuffer>,
+}
 
 /// What the loop-wide table needs of a connection, whatever its stream type.
 trait Endpoint {
@@ -543,13 +635,24 @@ impl<T: ByteStream> Endpoint for Conn<T> {
     }
 }
 
+/// What `lost` hears when its protocol panicked: an error of kind `Other` with the panic's
+/// message.
+pub(crate) fn panic_reason(panic: &(dyn Any + Send)) -> io::Error {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic");
+    io::Error::other(format!("the protocol panicked: {message}"))
+}
+
 /// Ends every live connection of the server `server` (`lost` follows from deferred calls).
 pub(crate) fn end_server_connections(reg: &mut Registry, server: u64, reason: &str) {
     let Some(live) = reg.state::<Live>() else {
         return;
     };
     let ours: Vec<_> = live
-        .0
+        .connections
         .iter()
         .filter(|(_, c)| c.server_id() == Some(server))
         .map(|(_, c)| Rc::clone(c))
@@ -591,6 +694,7 @@ pub(crate) fn open<T: ByteStream>(
     } else {
         Interest::READ
     };
+    let read_buffer = Rc::clone(&live_table(reg).read_buffer);
     let conn = Rc::new(Conn {
         io: stream,
         key: Cell::new(None),
@@ -599,14 +703,12 @@ pub(crate) fn open<T: ByteStream>(
             sent: 0,
             high: DEFAULT_HIGH_WATER,
             low: DEFAULT_LOW_WATER,
-            writing_paused: false,
-            reading: true,
-            eof: false,
+            flags: Flags(if connecting {
+                Flags::READING | Flags::CONNECTING
+            } else {
+                Flags::READING
+            }),
             shutdown: Shutdown::Open,
-            closing: false,
-            connecting,
-            made: false,
-            ended: false,
             reason: None,
             armed: interest,
             active: false,
@@ -617,6 +719,7 @@ pub(crate) fn open<T: ByteStream>(
         server: setup.server,
         connect_failed: Cell::new(setup.connecting),
         settle_queued: Cell::new(false),
+        read_buffer,
     });
     let key = match reg.register(Rc::clone(&conn), interest, |reg, conn, event| {
         conn.ready(reg, event.readiness());
@@ -635,7 +738,9 @@ pub(crate) fn open<T: ByteStream>(
     };
     conn.key.set(Some(key));
     let live = live_table(reg);
-    let index = live.0.insert(Rc::clone(&conn) as Rc<dyn Endpoint>);
+    let index = live
+        .connections
+        .insert(Rc::clone(&conn) as Rc<dyn Endpoint>);
     conn.state.borrow_mut().live_index = index;
     if let Some(timeout) = setup.idle_timeout {
         arm_timer(reg, &conn, timeout);
@@ -664,7 +769,7 @@ fn live_table(reg: &mut Registry) -> &mut Live {
             let Some(live) = reg.take_state::<Live>() else {
                 return;
             };
-            for (_, conn) in live.0 {
+            for (_, conn) in live.connections {
                 conn.end_now(
                     reg,
                     io::Error::new(io::ErrorKind::ConnectionAborted, "the selector was dropped"),
@@ -681,7 +786,7 @@ fn arm_timer<T: ByteStream>(reg: &mut Registry, conn: &Rc<Conn<T>>, timeout: Dur
         let Some(conn) = weak.upgrade() else { return };
         let mut state = conn.state.borrow_mut();
         state.timer = None;
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
         if std::mem::take(&mut state.active) {
@@ -701,21 +806,16 @@ fn arm_timer<T: ByteStream>(reg: &mut Registry, conn: &Rc<Conn<T>>, timeout: Dur
 }
 
 impl<T: ByteStream> Conn<T> {
-    /// The registration's callback.
+    /// The registration's callback. Kept lean for the common event, an open connection
+    /// readable or writable: everything else goes through [`Conn::ready_unusual`].
     #[inline]
     fn ready(self: &Rc<Self>, reg: &mut Registry, readiness: Readiness) {
         let state = self.state.borrow();
-        if state.connecting {
-            drop(state);
-            self.connected(reg);
-            return self.settle(reg);
-        }
-        if !state.made {
-            drop(state);
-            self.deliver_made(reg);
-            self.settle(reg);
-        } else {
-            drop(state);
+        let usual = state.flags == Flags::USUAL
+            || (state.flags.has(Flags::MADE) && !state.flags.has(Flags::CONNECTING));
+        drop(state);
+        if !usual {
+            return self.ready_unusual(reg, readiness);
         }
         if readiness.is_writable() {
             self.flush(reg);
@@ -730,12 +830,26 @@ impl<T: ByteStream> Conn<T> {
         self.settle(reg);
     }
 
+    /// An event for a connect in progress, or for a connection whose `made` is still queued.
+    #[cold]
+    fn ready_unusual(self: &Rc<Self>, reg: &mut Registry, readiness: Readiness) {
+        if self.state.borrow().flags.has(Flags::CONNECTING) {
+            self.connected(reg);
+            return self.settle(reg);
+        }
+        self.deliver_made(reg);
+        self.settle(reg);
+        if self.state.borrow().flags.has(Flags::MADE) {
+            self.ready(reg, readiness);
+        }
+    }
+
     /// A connect in progress became writable: done, or failed.
     fn connected(self: &Rc<Self>, reg: &mut Registry) {
         match super::socket::finish_connect(&self.io) {
             Ok(()) => {
                 let mut state = self.state.borrow_mut();
-                state.connecting = false;
+                state.flags.set(Flags::CONNECTING, false);
                 let timer = state.timer.take();
                 drop(state);
                 if let Some(timer) = timer {
@@ -769,7 +883,7 @@ impl<T: ByteStream> Conn<T> {
     /// Ends a connection that never opened: its protocol is dropped unheard, and the connect's
     /// caller hears the error instead.
     pub(crate) fn connect_failed(self: &Rc<Self>, reg: &mut Registry, error: io::Error) {
-        if !self.state.borrow().connecting {
+        if !self.state.borrow().flags.has(Flags::CONNECTING) {
             return;
         }
         self.end(reg, Some(error));
@@ -778,9 +892,9 @@ impl<T: ByteStream> Conn<T> {
 
     /// Reads until the stream is drained, paused, or has given its share of this turn.
     fn read(self: &Rc<Self>, reg: &mut Registry) {
-        let mut buffer = READ_BUFFER.with(Cell::take);
+        let mut buffer = self.read_buffer.0.borrow_mut();
         if buffer.len() < READ_SIZE {
-            buffer = vec![0; READ_SIZE];
+            buffer.resize(READ_SIZE, 0);
         }
         for _ in 0..READS_PER_EVENT {
             if !self.wants_to_read() {
@@ -794,15 +908,14 @@ impl<T: ByteStream> Conn<T> {
                 Ok(n) => {
                     self.state.borrow_mut().active = true;
                     self.call(reg, |p, tx| p.data(tx, &buffer[..n]));
-                    // A pause owed goes out before the next read, so a protocol that stops
-                    // reading when told to pause writing stops now.
-                    if self.needs_settling() {
-                        self.settle(reg);
-                    }
                     // A short read drained the stream: another would only say WouldBlock.
+                    // (The caller settles what the protocol's call changed.)
                     if n < buffer.len() {
                         break;
                     }
+                    // A pause owed goes out before the next read, so a protocol that stops
+                    // reading when told to pause writing stops now.
+                    self.settle(reg);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -812,30 +925,33 @@ impl<T: ByteStream> Conn<T> {
                 }
             }
         }
-        READ_BUFFER.with(|shared| shared.set(buffer));
     }
 
     fn wants_to_read(&self) -> bool {
         let state = self.state.borrow();
-        state.reading && !state.eof && !state.closing && !state.ended
+        state.flags == Flags::USUAL
+            || state.flags.has(Flags::READING)
+                && !state.flags.has(Flags::EOF)
+                && !state.flags.has(Flags::CLOSING)
+                && !state.flags.has(Flags::ENDED)
     }
 
     fn end_of_stream(self: &Rc<Self>, reg: &mut Registry) {
-        self.state.borrow_mut().eof = true;
+        self.state.borrow_mut().flags.set(Flags::EOF, true);
         let mut keep_open = false;
         self.call(reg, |p, tx| {
             keep_open = p.eof(tx);
             Ok(())
         });
         let state = self.state.borrow();
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
         let both_done = state.shutdown == Shutdown::Done || !T::CAN_WRITE;
         let pending = state.pending();
         drop(state);
         if !keep_open || both_done {
-            self.state.borrow_mut().closing = true;
+            self.state.borrow_mut().flags.set(Flags::CLOSING, true);
             if pending == 0 {
                 self.end(reg, None);
             }
@@ -856,7 +972,7 @@ impl<T: ByteStream> Conn<T> {
     /// Writes what the stream takes of the buffer; then shuts or closes if that was asked.
     fn flush(self: &Rc<Self>, reg: &mut Registry) {
         let mut state = self.state.borrow_mut();
-        if state.ended || state.connecting {
+        if state.flags.has(Flags::ENDED) || state.flags.has(Flags::CONNECTING) {
             return;
         }
         while state.pending() > 0 {
@@ -892,13 +1008,13 @@ impl<T: ByteStream> Conn<T> {
         } else {
             return;
         }
-        if state.closing {
+        if state.flags.has(Flags::CLOSING) {
             drop(state);
             return self.end(reg, None);
         }
         if state.shutdown == Shutdown::Pending {
             state.shutdown = Shutdown::Done;
-            let eof = state.eof || !T::CAN_READ;
+            let eof = state.flags.has(Flags::EOF) || !T::CAN_READ;
             drop(state);
             match self.io.shutdown_write() {
                 Ok(()) if !eof => {}
@@ -930,60 +1046,71 @@ impl<T: ByteStream> Conn<T> {
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => self.end(reg, Some(e)),
-            Err(panic) => {
-                // The connection ends with no `lost`: its protocol just panicked.
-                drop(self.protocol.take());
-                self.end(reg, None);
-                self.forget(reg);
-                panic::resume_unwind(panic);
-            }
+            Err(panic) => self.protocol_panicked(reg, panic),
         }
+    }
+
+    /// A protocol method panicked: the connection ends, `lost` hears why, and the panic goes on
+    /// out of the loop's `run`, as a callback's does.
+    #[cold]
+    fn protocol_panicked(self: &Rc<Self>, reg: &mut Registry, panic: Box<dyn Any + Send>) -> ! {
+        self.end(reg, Some(panic_reason(&*panic)));
+        // A second panic, from `lost` itself, gives way to the first.
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| self.settle_now(reg)));
+        // Whatever happened in `lost`, the protocol is gone and the connection forgotten.
+        drop(self.protocol.take());
+        self.forget(reg);
+        panic::resume_unwind(panic)
     }
 
     fn deliver_made(self: &Rc<Self>, reg: &mut Registry) {
         let mut state = self.state.borrow_mut();
-        if state.made || state.ended {
+        if state.flags.has(Flags::MADE) || state.flags.has(Flags::ENDED) {
             return;
         }
-        state.made = true;
+        state.flags.set(Flags::MADE, true);
         drop(state);
         self.call(reg, |p, tx| p.made(tx));
     }
 
     /// Whether a protocol call is owed: a pause, a resume, or `lost`.
     fn needs_settling(&self) -> bool {
+        self.state.borrow().owes_call()
+    }
+
+    /// Delivers what is owed to the protocol, then brings the interest up to date. Nothing to
+    /// do is the common case, and costs one look at the state.
+    #[inline]
+    fn settle(self: &Rc<Self>, reg: &mut Registry) {
         let state = self.state.borrow();
-        if state.ended {
-            return true;
-        }
-        let pending = state.pending();
-        if state.writing_paused {
-            pending <= state.low
-        } else {
-            pending > state.high
+        let settled =
+            state.is_usual() || (!state.owes_call() && state.armed == state.wanted::<T>());
+        drop(state);
+        if !settled {
+            self.settle_now(reg);
         }
     }
 
-    /// Delivers what is owed to the protocol, then brings the interest up to date.
-    fn settle(self: &Rc<Self>, reg: &mut Registry) {
+    #[inline(never)]
+    fn settle_now(self: &Rc<Self>, reg: &mut Registry) {
         loop {
             let mut state = self.state.borrow_mut();
-            if state.ended {
+            if state.flags.has(Flags::ENDED) {
                 let reason = state.reason.take();
-                let made = state.made;
+                let made = state.flags.has(Flags::MADE);
                 drop(state);
                 return self.deliver_lost(reg, reason, made);
             }
             let pending = state.pending();
-            if !state.writing_paused && pending > state.high {
-                state.writing_paused = true;
+            if !state.flags.has(Flags::WRITING_PAUSED) && pending > state.high {
+                state.flags.set(Flags::WRITING_PAUSED, true);
                 drop(state);
                 self.call(reg, |p, tx| {
                     p.pause_writing(tx);
                     Ok(())
                 });
-            } else if state.writing_paused && pending <= state.low {
-                state.writing_paused = false;
+            } else if state.flags.has(Flags::WRITING_PAUSED) && pending <= state.low {
+                state.flags.set(Flags::WRITING_PAUSED, false);
                 drop(state);
                 self.call(reg, |p, tx| {
                     p.resume_writing(tx);
@@ -1027,8 +1154,8 @@ impl<T: ByteStream> Conn<T> {
     fn forget(&self, reg: &mut Registry) {
         let index = std::mem::replace(&mut self.state.borrow_mut().live_index, usize::MAX);
         if let Some(live) = reg.state::<Live>() {
-            if live.0.contains(index) {
-                live.0.remove(index);
+            if live.connections.contains(index) {
+                live.connections.remove(index);
             }
         }
     }
@@ -1036,27 +1163,10 @@ impl<T: ByteStream> Conn<T> {
     /// Asks the selector for what the connection waits for now.
     fn sync_interest(&self, reg: &mut Registry) {
         let mut state = self.state.borrow_mut();
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
-        let mut want = Interest::NONE;
-        if state.connecting {
-            want = Interest::WRITE;
-        } else {
-            let reading = if T::CAN_READ {
-                state.reading && !state.eof && !state.closing
-            } else {
-                // A write-only stream listens for the error or hang-up that says its reader
-                // has gone, even while it has nothing to write.
-                true
-            };
-            if reading {
-                want |= Interest::READ;
-            }
-            if state.pending() > 0 {
-                want |= Interest::WRITE;
-            }
-        }
+        let want = state.wanted::<T>();
         if want == state.armed {
             return;
         }
@@ -1072,10 +1182,10 @@ impl<T: ByteStream> Conn<T> {
     /// server told. `lost` is delivered by the next `settle`.
     fn end(&self, reg: &mut Registry, reason: Option<io::Error>) {
         let mut state = self.state.borrow_mut();
-        if state.ended {
+        if state.flags.has(Flags::ENDED) {
             return;
         }
-        state.ended = true;
+        state.flags.set(Flags::ENDED, true);
         state.reason = reason;
         state.output = Vec::new();
         state.sent = 0;
