@@ -29,8 +29,6 @@ pub const DEFAULT_LOW_WATER: usize = 16 * 1024;
 const READ_SIZE: usize = 64 * 1024;
 /// The most reads one readiness event makes before other connections get their turn.
 const READS_PER_EVENT: usize = 4;
-/// A flushed output buffer bigger than this is freed rather than kept for next time.
-const KEEP_OUTPUT_CAPACITY: usize = 64 * 1024;
 
 /// What a connection's owner implements: the transport calls it as the connection's life goes
 /// on (asyncio's `Protocol`, Twisted's `Protocol`).
@@ -811,10 +809,9 @@ impl<T: ByteStream> Conn<T> {
     #[inline]
     fn ready(self: &Rc<Self>, reg: &mut Registry, readiness: Readiness) {
         let state = self.state.borrow();
-        let usual = state.flags == Flags::USUAL
-            || (state.flags.has(Flags::MADE) && !state.flags.has(Flags::CONNECTING));
+        let open = state.flags.has(Flags::MADE) && !state.flags.has(Flags::CONNECTING);
         drop(state);
-        if !usual {
+        if !open {
             return self.ready_unusual(reg, readiness);
         }
         if readiness.is_writable() {
@@ -929,11 +926,10 @@ impl<T: ByteStream> Conn<T> {
 
     fn wants_to_read(&self) -> bool {
         let state = self.state.borrow();
-        state.flags == Flags::USUAL
-            || state.flags.has(Flags::READING)
-                && !state.flags.has(Flags::EOF)
-                && !state.flags.has(Flags::CLOSING)
-                && !state.flags.has(Flags::ENDED)
+        state.flags.has(Flags::READING)
+            && !state.flags.has(Flags::EOF)
+            && !state.flags.has(Flags::CLOSING)
+            && !state.flags.has(Flags::ENDED)
     }
 
     fn end_of_stream(self: &Rc<Self>, reg: &mut Registry) {
@@ -993,12 +989,11 @@ impl<T: ByteStream> Conn<T> {
             }
         }
         if state.pending() == 0 {
+            // Freed, not kept: an idle connection holds no output buffer. Writes that go
+            // straight through never allocate one; only a connection that had to buffer pays
+            // one allocation per episode.
             state.sent = 0;
-            if state.output.capacity() > KEEP_OUTPUT_CAPACITY {
-                state.output = Vec::new();
-            } else {
-                state.output.clear();
-            }
+            state.output = Vec::new();
         } else if state.sent >= state.output.len() / 2 {
             // Move the unsent tail to the front so the buffer does not creep.
             let sent = state.sent;

@@ -149,6 +149,13 @@ impl<T: AsFd + 'static> Async<T> {
     /// Puts `io` in non-blocking mode and registers it with the selector running the current
     /// task.
     ///
+    /// `O_NONBLOCK` belongs to the open file description, which every duplicate of the
+    /// descriptor shares, another process's included, and it stays set when the `Async` is
+    /// dropped (as in tokio and async-io). For a descriptor shared with others, an inherited
+    /// terminal or the process's own stdin, wrap a [`PipeReader`](crate::net::PipeReader) or
+    /// [`PipeWriter`](crate::net::PipeWriter) instead: they put the blocking mode back when
+    /// dropped.
+    ///
     /// # Errors
     ///
     /// The OS's error setting non-blocking mode or registering (`EPERM` for a regular file,
