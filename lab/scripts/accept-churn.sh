@@ -60,15 +60,14 @@ one_run() {
     local limit=()
     if [ "$limited" = 1 ]; then limit=(prlimit "--nofile=$LIMIT:$LIMIT"); fi
     # The server starts with only descriptors 0-2 open, so that what the limit leaves it does not
-    # depend on what the calling shell passes down.
-    (
-        for fd in /proc/"$BASHPID"/fd/*; do
-            fd=${fd##*/}
-            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
-        done
-        # shellcheck disable=SC2046
-        exec taskset -c 0 "${limit[@]}" $(server_cmd "$server" "$addr") >/dev/null 2>&1
-    ) &
+    # depend on what the calling shell passes down: its command closes the others (closing them
+    # inside a subshell instead can hang a shell that reads its script from one of them).
+    local close=() fd
+    for fd in /proc/"$BASHPID"/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ]; then close+=("$fd>&-"); fi
+    done
+    eval "taskset -c 0 \"\${limit[@]}\" $(server_cmd "$server" "$addr") >/dev/null 2>&1 ${close[*]} &"
     server_pid=$!
     local tries=0
     until ss -Hltn "sport = :$port" | grep -q .; do
