@@ -17,8 +17,8 @@
 #        PORT=18600  CARGO_TARGET_DIR
 #
 # The server runs pinned to CPU 0 and the client to CPU 1 (taskset). Results: one line per run
-# in $OUT_DIR/accept-churn.tsv, and a table per server on stdout. Loopback only; every child is
-# stopped on exit. The client closes first, so TIME_WAIT stays on its side; with
+# in $OUT_DIR/accept-churn.tsv, and a table (a row per server) on stdout. Loopback only; every
+# child is stopped on exit. The client closes first, so TIME_WAIT stays on its side; with
 # net.ipv4.tcp_tw_reuse=0 a long run can run out of ephemeral ports (failed cycles say so).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
