@@ -4,7 +4,8 @@
 #
 #   lab/compare.sh            # everything (about 40 minutes on two cores)
 #   lab/compare.sh benches    # in-process: dispatch, churn, memory, timers, instruction counts
-#   lab/compare.sh echo       # TCP echo servers: throughput and latency, then cost per round trip
+#   lab/compare.sh echo       # TCP echo servers: throughput and latency, cost per round trip,
+#                             # accept churn at a low descriptor limit
 #
 # The instruction counts need valgrind (and strace for syscalls), the echo runs taskset, perf
 # (or strace) and python3; what is missing is reported and skipped by the step that needs it.
@@ -23,4 +24,5 @@ fi
 if [ "$what" != benches ]; then
     lab/scripts/echo-bench.sh
     lab/scripts/cost-per-rtt.sh
+    lab/scripts/accept-churn.sh
 fi

@@ -53,17 +53,22 @@ fn at_the_cap_the_server_waits_and_resumes_when_one_closes() -> io::Result<()> {
         server(ServerOptions::default().max_connections(2), echo_recorder)?;
     let first = client(addr)?;
     let _second = client(addr)?;
-    let third = client(addr)?; // waits in the backlog
+    // Over the cap: the connect succeeds (the kernel queues it in the backlog) and the write
+    // is buffered, but nothing answers and nothing ends the connection.
+    let third = client(addr)?;
+    (&third).write_all(b"hi")?;
     run_until(&mut sel, "two made", |sel| Ok(made_count(sel) == 2))?;
     run_for(&mut sel, Duration::from_millis(100))?;
     assert_eq!(made_count(&mut sel), 2, "accepted past the cap");
     assert!(!server.is_accepting(&sel));
     assert_eq!(server.stats(&sel).unwrap().open, 2);
+    let mut got = Vec::new();
+    assert!(!drain(&third, &mut got)?, "the waiting client was closed");
+    assert!(got.is_empty(), "answered over the cap: {got:?}");
+    // One closes: the waiting client is accepted and gets the echo of what it sent meanwhile.
     drop(first);
     run_until(&mut sel, "the third made", |sel| Ok(made_count(sel) == 3))?;
-    // The third is served.
-    (&third).write_all(b"hi")?;
-    let mut got = Vec::new();
+    assert!(!server.is_accepting(&sel), "at the cap again");
     run_until(&mut sel, "the echo", |_| {
         drain(&third, &mut got)?;
         Ok(got == b"hi")
@@ -344,23 +349,31 @@ fn set_limit(limit: libc::rlimit) -> io::Result<()> {
     Ok(())
 }
 
+/// In the test process, runs the test `name` again in a child process, where it may lower the
+/// descriptor limit, and returns `false` once the child has passed; in the child, `true`.
+fn in_child(name: &str) -> io::Result<bool> {
+    if env::var(CHILD_VAR).as_deref() == Ok(name) {
+        return Ok(true);
+    }
+    let output = Command::new(env::current_exe()?)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD_VAR, name)
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(
+        output.status.success(),
+        "the child failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(false)
+}
+
 #[test]
 fn out_of_descriptors_pauses_accepting_and_a_closing_connection_resumes_it() -> io::Result<()> {
     let _serial = util::serial();
-    const TEST: &str = "out_of_descriptors_pauses_accepting_and_a_closing_connection_resumes_it";
-    if env::var(CHILD_VAR).as_deref() != Ok(TEST) {
-        let output = Command::new(env::current_exe()?)
-            .args([TEST, "--exact", "--test-threads=1", "--nocapture"])
-            .env(CHILD_VAR, TEST)
-            .stdin(Stdio::null())
-            .output()?;
-        assert!(
-            output.status.success(),
-            "the child failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+    if !in_child("out_of_descriptors_pauses_accepting_and_a_closing_connection_resumes_it")? {
         return Ok(());
     }
 
@@ -439,5 +452,62 @@ fn out_of_descriptors_pauses_accepting_and_a_closing_connection_resumes_it() -> 
         Ok(got == b"late")
     })?;
     let _ = steady.as_raw_fd();
+    Ok(())
+}
+
+#[test]
+fn a_connection_of_another_server_on_the_loop_closing_resumes_a_starved_one() -> io::Result<()> {
+    let _serial = util::serial();
+    if !in_child("a_connection_of_another_server_on_the_loop_closing_resumes_a_starved_one")? {
+        return Ok(());
+    }
+    // Two servers on one loop (as a dual-stack or TCP-and-Unix program has): `starved` runs out
+    // of descriptors while `other` holds one connection. The fallback retry is far away: only
+    // the other server's connection closing can explain a prompt resume.
+    let options = ServerOptions::default().retry_after(Duration::from_secs(30));
+    let (mut sel, addr, starved) = server(options.clone(), echo_recorder)?;
+    let other_listener = tcp_listener("127.0.0.1:0".parse().unwrap(), &ListenOptions::default())?;
+    let other_addr = other_listener.local_addr()?;
+    let other = serve(&mut sel, other_listener, options, |_, _| Echo)?;
+    let held = client(other_addr)?;
+    run_until(&mut sel, "the other server's connection", |sel| {
+        Ok(other.stats(sel).unwrap().open == 1)
+    })?;
+
+    const QUEUED: usize = 4;
+    let clients = (0..QUEUED)
+        .map(|_| Socket::new(Domain::IPV4, Type::STREAM, None))
+        .collect::<io::Result<Vec<_>>>()?;
+    let old_limit = leave_only(1)?;
+    for c in &clients {
+        c.connect(&addr.into())?;
+    }
+    run_until(&mut sel, "accepting to pause", |sel| {
+        Ok(starved.stats(sel).unwrap().out_of_descriptors > 0)
+    })?;
+    let paused = starved.stats(&sel).unwrap();
+    assert_eq!(paused.accepted, 1, "{paused:?}");
+    assert!(!starved.is_accepting(&sel));
+
+    // The other server's connection ends: its descriptor goes to the starved server's queue.
+    held.shutdown(Shutdown::Write)?;
+    let closed = Instant::now();
+    run_until(&mut sel, "the next accept", |sel| {
+        Ok(starved.stats(sel).unwrap().accepted > paused.accepted)
+    })?;
+    let resumed_after = closed.elapsed();
+    assert!(
+        resumed_after < Duration::from_secs(5),
+        "resumed only after {resumed_after:?}"
+    );
+    assert_eq!(other.stats(&sel).unwrap().open, 0);
+
+    set_limit(old_limit)?;
+    drop(clients);
+    run_until(&mut sel, "every queued client accepted and gone", |sel| {
+        let stats = starved.stats(sel).unwrap();
+        Ok(stats.accepted == QUEUED as u64 && stats.open == 0)
+    })?;
+    assert!(starved.is_accepting(&sel));
     Ok(())
 }

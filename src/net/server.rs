@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{self as unix, UnixListener, UnixStream};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -73,16 +73,26 @@ pub struct ServerOptions {
     /// The most connections one wake-up accepts, so that a flood of new connections cannot
     /// starve established ones. Default 64.
     pub accept_batch: usize,
-    /// The most connections open at once: at the cap the server stops accepting (clients wait
-    /// in the backlog) until one of its connections ends. Default: no cap.
+    /// The most connections open at once. At the cap the server stops accepting until one of
+    /// its connections ends, then accepts the longest-waiting client at once; it never accepts a
+    /// connection only to close it.
+    ///
+    /// What a client over the cap sees: its connect succeeds (the kernel completes it and
+    /// queues it in the listener's backlog, [`ListenOptions::backlog`](super::ListenOptions)),
+    /// and what it sends is buffered, but nothing answers until a place frees. The server gives
+    /// it no error and no deadline: a client that must not wait long needs a timeout of its
+    /// own. Once the backlog is full too, new connection attempts go unanswered (a TCP client
+    /// retries its SYN, and its connect eventually times out). Default: no cap.
     pub max_connections: Option<usize>,
     /// Closes a connection through which no byte has moved for this long (it is checked every
     /// `idle_timeout`, so the close comes between one and two timeouts after the last byte);
     /// `lost` gets `TimedOut`. Default: none.
     pub idle_timeout: Option<Duration>,
     /// When accepting fails for want of descriptors (`EMFILE`, `ENFILE`, `ENOBUFS`,
-    /// `ENOMEM`), the server stops accepting and tries again as soon as one of its own
-    /// connections ends, or after this long at the latest. Default 100 ms.
+    /// `ENOMEM`), the server stops accepting and tries again as soon as a connection of any
+    /// server on the same loop ends, or after this long at the latest (a descriptor freed any
+    /// other way, or on another thread, is noticed then). Meanwhile clients wait in the
+    /// backlog, as over the [cap](ServerOptions::max_connections). Default 100 ms.
     pub retry_after: Duration,
     /// `TCP_NODELAY` on accepted TCP connections. Default on.
     pub nodelay: bool,
@@ -222,7 +232,7 @@ struct ServerState<L: Listener> {
     options: ServerOptions,
     key: Cell<Option<Key<Listening<L>>>>,
     stats: Cell<ServerStats>,
-    /// `accept` ran out of descriptors, and no connection of ours has ended since.
+    /// `accept` ran out of descriptors, and no server connection on this loop has ended since.
     starved: Cell<bool>,
     /// The fallback retry after running out of descriptors.
     retry: Cell<Option<TimerKey>>,
@@ -303,6 +313,8 @@ impl<L: Listener> ServerState<L> {
     fn starve(self: &Rc<Self>, reg: &mut Registry) {
         self.update(|s| s.out_of_descriptors += 1);
         self.starved.set(true);
+        let server: Weak<Self> = Rc::downgrade(self);
+        Starving::add(reg, server);
         if self.retry.get().is_none() {
             let state = Rc::clone(self);
             let timer = reg.call_later(self.options.retry_after, move |reg| {
@@ -348,13 +360,57 @@ impl<L: Listener> ServerLink for ServerState<L> {
 
     fn connection_ended(&self, reg: &mut Registry) {
         self.update(|s| s.open -= 1);
+        self.rearm(reg);
+        // The descriptor limit is the process's: whichever server this connection was of, the
+        // descriptor it leaves is one any server on this loop may accept into.
+        Starving::feed(reg);
+    }
+}
+
+impl<L: Listener> Starved for ServerState<L> {
+    fn fed(&self, reg: &mut Registry) {
         if self.starved.replace(false) {
-            // A descriptor is free again: accept now rather than at the fallback timer.
+            // Accept now rather than at the fallback timer.
             if let Some(timer) = self.retry.take() {
                 let _ = reg.cancel(timer);
             }
+            self.rearm(reg);
         }
-        self.rearm(reg);
+    }
+}
+
+/// A server waiting for a free descriptor.
+trait Starved {
+    /// One may be free now: try accepting again.
+    fn fed(&self, reg: &mut Registry);
+}
+
+/// The loop's servers that ran out of descriptors since a server connection last ended (at
+/// most one entry per server), kept in the registry's state.
+#[derive(Default)]
+struct Starving(Vec<Weak<dyn Starved>>);
+
+impl Starving {
+    fn add(reg: &mut Registry, server: Weak<dyn Starved>) {
+        if reg.state::<Starving>().is_none() {
+            reg.insert_state(Starving::default());
+        }
+        let starving = &mut reg.state::<Starving>().expect("inserted above").0;
+        if !starving.iter().any(|s| s.ptr_eq(&server)) {
+            starving.push(server);
+        }
+    }
+
+    /// A descriptor was freed: every starving server tries again.
+    fn feed(reg: &mut Registry) {
+        let Some(starving) = reg.state::<Starving>() else {
+            return;
+        };
+        for server in std::mem::take(&mut starving.0) {
+            if let Some(server) = server.upgrade() {
+                server.fed(reg);
+            }
+        }
     }
 }
 
@@ -379,8 +435,8 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
 /// The listener should come from [`tcp_listener`](super::tcp_listener) or
 /// [`unix_listener`](super::unix_listener) (or be otherwise non-blocking). See
 /// [`ServerOptions`] for batching, the connection cap, idle timeouts, and how the server rides
-/// out running out of descriptors (`EMFILE`): it pauses accepting, and resumes as soon as one of
-/// its connections closes. A failing connection never stops the server.
+/// out running out of descriptors (`EMFILE`): it pauses accepting, and resumes as soon as a
+/// connection of any server on the loop closes. A failing connection never stops the server.
 ///
 /// # Errors
 ///
