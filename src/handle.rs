@@ -11,25 +11,48 @@ use crate::registry::Registry;
 
 type Remote = Box<dyn FnOnce(&mut Registry) + Send>;
 
-/// What `polling` reports a notification as (it reserves this key).
-const NOTIFY_KEY: usize = usize::MAX;
-
 /// What the loop shares with its handles.
+///
+/// # Why no wake-up is lost
+///
+/// A handle call pushes its work onto `queue` (under its lock), then [`signal`](Shared::signal)
+/// swaps `pending` to true, and the caller that found it false (the *flip*) writes the
+/// poller's wake-up after its swap; callers that found it true write nothing. The loop, after
+/// each wait, first clears the wake-up if the wait reported it
+/// ([`Poller::clear_wake`](crate::poller::Poller::clear_wake)), then swaps `pending` to false and,
+/// if it was true, takes the queue; and it waits with a non-zero timeout only after loading
+/// `pending` as false (`run.rs`, `wait_timeout`). Every write to `pending` is a `SeqCst` swap, so
+/// one modification order holds them all and each swap reads the value of the one before it.
+///
+/// Take work W pushed before swap S. Let L be the first loop swap after S in that order.
+/// - L, if it exists, collects W: nothing between S and L writes false, so L reads true, and
+///   since every write in between is a read-modify-write, L synchronizes with S. The push of
+///   W happens before S, S before L, L before the queue is taken (unless a `call_soon` on the
+///   loop's thread took W earlier).
+/// - L exists, unless the loop never waits again (then it never sleeps on W). Let F be the last
+///   flip at or before S (the first swap after the loop's swap before S; S itself if S read
+///   false); F's caller writes the wake-up after F. If the loop's check before a wait loaded
+///   false from after S, the swap that wrote that false is an L. Otherwise the check preceded
+///   F's effect, and the wait that follows it cannot block past F's write: only the loop resets
+///   the counter, by its read after a wait, and nothing of the loop runs between that check and
+///   that wait. So some wait returns after F's write, or a read consumes that write first. In
+///   both cases the loop's next swap comes after the write in the kernel's order (the eventfd's
+///   counter changes under its lock, as epoll's readiness does), hence after F in `pending`'s
+///   order. No loop swap lies between F and S (F is the last flip before S), so that swap comes
+///   after S: it is an L.
+///
+/// A flip can be preempted between its swap and its write, and the loop can take its work in
+/// between: the write then lands late, for work already taken. The next wait reports it, and
+/// the loop clears it and finds nothing to take; clearing on every report, flagged or not, is
+/// what keeps the level-triggered wake-up from spinning the loop.
+///
+/// Off Linux the wake-up is `polling`'s `notify`, which wakes the current or next wait and is
+/// cleared by that wait; the same argument holds with the clear inside the wait.
 pub(crate) struct Shared {
     pub(crate) poller: Poller,
-    /// Set (before notifying) by every handle operation; the loop clears it, then clears the
-    /// poller's notification, then takes the queue. Work queued after the loop looked at the
-    /// queue either finds `pending` still set (and the loop, checking it before it sleeps, does
-    /// not sleep) or notifies the poller anew.
-    ///
-    /// A handle can be preempted between setting `pending` and notifying, and the loop can
-    /// collect its work in between: its notification then lands late, for work already taken.
-    /// The loop's next wait reports it, which disarms `polling`'s one-shot notifier while
-    /// `polling` still counts it as notified, so every later `notify` would be swallowed. So
-    /// [`collect`](Shared::collect) also clears the notification whenever a wait reported it,
-    /// flagged or not: every report is paired with a clear, and no wake-up is lost.
+    /// Whether a handle has flagged work the loop has not collected yet (see above).
     pending: AtomicBool,
-    /// Whether any handle has ever signalled: until then no notification can be in flight, and
+    /// Whether any handle has ever signalled: until then no wake-up can be in flight, and
     /// the loop skips looking for one among its events.
     signalled: AtomicBool,
     stop: AtomicBool,
@@ -85,14 +108,11 @@ impl Shared {
         events: &mut Events,
         deferred: &mut std::collections::VecDeque<crate::registry::Deferred>,
     ) -> io::Result<bool> {
+        // Clear first, then swap: see "Why no wake-up is lost".
+        self.poller.clear_wake(events)?;
         if !self.pending.swap(false, Ordering::SeqCst) {
-            if reports_notification(events) {
-                // A late notification for work already collected (see `pending`).
-                self.poller.clear_notification(events)?;
-            }
             return Ok(false);
         }
-        self.poller.clear_notification(events)?;
         self.take_queued(deferred);
         Ok(self.stop.swap(false, Ordering::SeqCst))
     }
@@ -128,13 +148,11 @@ impl Shared {
             return Err(closed());
         }
         self.signalled.store(true, Ordering::SeqCst);
-        self.pending.store(true, Ordering::SeqCst);
-        self.poller.notify()
+        if self.pending.swap(true, Ordering::SeqCst) {
+            return Ok(()); // the caller that set it writes the wake-up
+        }
+        self.poller.wake()
     }
-}
-
-fn reports_notification(events: &Events) -> bool {
-    events.iter().any(|(key, _)| key == NOTIFY_KEY)
 }
 
 fn closed() -> io::Error {
@@ -150,9 +168,9 @@ fn closed() -> io::Error {
 /// loop going to sleep.
 ///
 /// While any handle lives, [`run`](crate::Selector::run) does not return for want of work,
-/// since a handle may still send some. Handles share the selector's poller, so its three
-/// descriptors (epoll, and `polling`'s eventfd and timerfd) stay open until the selector *and*
-/// every handle are dropped.
+/// since a handle may still send some. Handles share the selector's poller, so its
+/// descriptors (on Linux: epoll, the wake-up's eventfd, and `polling`'s own eventfd and
+/// timerfd) stay open until the selector *and* every handle are dropped.
 ///
 /// # Examples
 ///
@@ -255,53 +273,108 @@ impl fmt::Debug for Handle {
 #[cfg(all(test, direct_epoll))]
 mod tests {
     use super::*;
+    use crate::poller::WAKE_KEY;
     use std::collections::VecDeque;
     use std::thread;
     use std::time::{Duration, Instant};
 
-    /// The interleaving of the `pending` docs, played step by step: a handle flags work, the loop
-    /// collects it, and only then does the handle's notification land.
+    /// A loop turn as `run` makes it: the wait (not blocking while work is flagged), then the
+    /// collection. Returns how long the wait took.
+    fn turn(
+        shared: &Shared,
+        events: &mut Events,
+        deferred: &mut VecDeque<crate::registry::Deferred>,
+        timeout: Duration,
+    ) -> io::Result<Duration> {
+        let timeout = if shared.is_pending() {
+            Duration::ZERO
+        } else {
+            timeout
+        };
+        let start = Instant::now();
+        shared.poller.wait(events, Some(timeout))?;
+        let slept = start.elapsed();
+        shared.collect(events, deferred)?;
+        Ok(slept)
+    }
+
+    /// The interleaving of the docs' last paragraph, played step by step: a handle flags work,
+    /// the loop collects it, and only then does the handle's wake-up land.
     #[test]
     fn a_late_notification_does_not_swallow_later_wake_ups() -> io::Result<()> {
         let shared = Arc::new(Shared::new(Poller::new()?));
         let mut events = Events::with_capacity(8);
         let mut deferred = VecDeque::new();
 
+        // The handle pushes, flips `pending`, and is preempted before its write.
         shared.queue.lock().unwrap().push(Box::new(|_| {}));
         shared.signalled.store(true, Ordering::SeqCst);
-        shared.pending.store(true, Ordering::SeqCst);
-        shared.collect(&mut events, &mut deferred)?;
+        assert!(!shared.pending.swap(true, Ordering::SeqCst));
+        turn(&shared, &mut events, &mut deferred, Duration::from_secs(5))?;
         assert_eq!(deferred.len(), 1);
-        shared.poller.notify()?; // the preempted handle resumes
+        shared.poller.wake()?; // the preempted handle resumes
 
-        // The loop wakes for it, with nothing to collect.
+        // The loop wakes for it, with nothing to collect, and clears it.
         assert!(!shared.is_pending());
-        shared
-            .poller
-            .wait(&mut events, Some(Duration::from_secs(5)))?;
-        assert!(reports_notification(&events));
-        shared.collect(&mut events, &mut deferred)?;
+        turn(&shared, &mut events, &mut deferred, Duration::from_secs(5))?;
+        assert_eq!(
+            events.iter().map(|(key, _)| key).collect::<Vec<_>>(),
+            [WAKE_KEY]
+        );
         assert_eq!(deferred.len(), 1);
+        // Cleared: the next wait sleeps its timeout rather than spin on the stale wake-up.
+        let slept = turn(
+            &shared,
+            &mut events,
+            &mut deferred,
+            Duration::from_millis(20),
+        )?;
+        assert!(slept >= Duration::from_millis(20), "woke after {slept:?}");
 
         // The loop goes to sleep; a later handle call must still wake it.
-        assert!(!shared.is_pending());
         let handle = Handle::new(Arc::clone(&shared));
         let sender = thread::spawn(move || {
             thread::sleep(Duration::from_millis(50));
             handle.call_soon(|_| {})
         });
-        let start = Instant::now();
-        shared
-            .poller
-            .wait(&mut events, Some(Duration::from_secs(3)))?;
-        let slept = start.elapsed();
+        let slept = turn(&shared, &mut events, &mut deferred, Duration::from_secs(3))?;
         sender.join().unwrap()?;
         assert!(
             slept < Duration::from_secs(2),
             "the wake-up was lost: slept {slept:?}"
         );
-        shared.collect(&mut events, &mut deferred)?;
         assert_eq!(deferred.len(), 2);
+        Ok(())
+    }
+
+    /// Calls made while a wake-up is already pending write nothing, and the one wake-up
+    /// delivers them all.
+    #[test]
+    fn calls_made_while_a_wake_up_is_pending_ride_on_it() -> io::Result<()> {
+        let shared = Arc::new(Shared::new(Poller::new()?));
+        let handle = Handle::new(Arc::clone(&shared));
+        let mut events = Events::with_capacity(8);
+        let mut deferred = VecDeque::new();
+        for _ in 0..3 {
+            handle.call_soon(|_| {})?;
+        }
+        // One wait and one clear deliver all three; then the loop sleeps again.
+        shared
+            .poller
+            .wait(&mut events, Some(Duration::from_secs(5)))?;
+        assert_eq!(
+            events.iter().map(|(key, _)| key).collect::<Vec<_>>(),
+            [WAKE_KEY]
+        );
+        shared.collect(&mut events, &mut deferred)?;
+        assert_eq!(deferred.len(), 3);
+        let slept = turn(
+            &shared,
+            &mut events,
+            &mut deferred,
+            Duration::from_millis(20),
+        )?;
+        assert!(slept >= Duration::from_millis(20), "woke after {slept:?}");
         Ok(())
     }
 }

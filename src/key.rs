@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 const INDEX_BITS: u32 = usize::BITS / 2;
 const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
 /// The largest slab index a key can carry. The all-ones index is never used, so no packed key
-/// can equal `usize::MAX`, which `polling` reserves for its own notifications.
+/// can equal `usize::MAX`, the key of the selector's wake-up (and of `polling`'s notifications).
 pub(crate) const MAX_INDEX: usize = INDEX_MASK - 1;
 /// The generations a key can carry: 2³² on 64-bit targets, 2¹⁶ on 32-bit ones.
 pub(crate) const GENERATION_MASK: u32 = (usize::MAX >> INDEX_BITS) as u32;

@@ -1,26 +1,28 @@
-//! The one boundary to the OS: registration through `polling`, and the wait.
+//! The one boundary to the OS: registration through `polling`, the wait, and the wake-up.
 //!
 //! `polling` 3 is the registration layer (and needs one of the crate's two `unsafe` calls, below;
 //! the other reads a signal's disposition in `signal.rs`).
 //! Its `Poller::wait` costs five syscalls on Linux (arm a timerfd, re-arm it in epoll, wait,
 //! read the notification eventfd, re-arm that), where a level-triggered reactor needs one. So on
 //! Linux and Android the selector waits with a plain `epoll_wait` on polling's own epoll
-//! descriptor, which `polling` exposes through `AsFd`. That relies on three facts about polling's
+//! descriptor, which `polling` exposes through `AsFd`. That relies on two facts about polling's
 //! epoll backend, each checked by a test in this file that fails loudly if a release changes it:
 //!
 //! 1. the key given to `add` comes back verbatim as the epoll event's `u64` data;
-//! 2. its internal timerfd and notification eventfd are quiet unless `Poller::wait` arms the
-//!    timer or `Poller::notify` is called;
-//! 3. a notification arrives as an event keyed `usize::MAX`, and one `Poller::wait` with a zero
-//!    timeout clears and re-arms it.
+//! 2. its internal timerfd and notification eventfd stay quiet, since the selector never calls
+//!    `Poller::wait` or `Poller::notify` there.
 //!
-//! The cross-thread [`Handle`](crate::Handle) uses `Poller::notify`; the loop calls
-//! [`Poller::clear_notification`] only when a handle has flagged work or a wait reported a
-//! notification, so the five-syscall path runs once per wake-up instead of once per wait.
-//! Elsewhere the portable `Poller::wait` is used; `--cfg selreactor_portable_wait` selects it
-//! on Linux too, so that it is compiled and tested here (see `build.rs`).
+//! The cross-thread wake-up is then the selector's own: an eventfd in the same epoll set,
+//! level-triggered, reported under [`WAKE_KEY`] while its counter is non-zero. A wake-up from
+//! another thread costs the waker one `write` and the loop one `read` after the `epoll_wait` it
+//! ends; `Poller::notify` would add polling's clearing wait (four more syscalls) per wake-up.
+//! Elsewhere the portable `Poller::wait` and `Poller::notify` are used; `--cfg
+//! selreactor_portable_wait` selects them on Linux too, so that they are compiled and tested
+//! here (see `build.rs`).
 
 use std::io;
+#[cfg(direct_epoll)]
+use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
@@ -30,14 +32,39 @@ use crate::interest::{Interest, Readiness};
 /// harmless, and it keeps the millisecond count inside the `c_int` that `epoll_pwait` takes.
 const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64 - 1);
 
+/// The key the wake-up is reported under. No registration's key equals it (see `key.rs`), and
+/// `polling` reserves it for its own notifications, which the Linux wait never arms.
+pub(crate) const WAKE_KEY: usize = usize::MAX;
+
 pub(crate) struct Poller {
     poller: polling::Poller,
+    /// The wake-up: a non-blocking eventfd in `poller`'s epoll set, level-triggered for reading,
+    /// keyed [`WAKE_KEY`]. [`wake`](Poller::wake) adds one to its counter;
+    /// [`clear_wake`](Poller::clear_wake) reads it back to zero. Only the selector's epoll set
+    /// holds it, and it closes with the poller.
+    #[cfg(direct_epoll)]
+    wake: OwnedFd,
 }
 
 impl Poller {
     pub(crate) fn new() -> io::Result<Poller> {
+        let poller = polling::Poller::new()?;
+        #[cfg(direct_epoll)]
+        let wake = {
+            use rustix::event::{epoll, eventfd, EventfdFlags};
+            let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+            epoll::add(
+                poller.as_fd(),
+                &wake,
+                epoll::EventData::new_u64(WAKE_KEY as u64),
+                epoll::EventFlags::IN,
+            )?;
+            wake
+        };
         Ok(Poller {
-            poller: polling::Poller::new()?,
+            poller,
+            #[cfg(direct_epoll)]
+            wake,
         })
     }
 
@@ -77,8 +104,20 @@ impl Poller {
         self.poller.delete(fd)
     }
 
+    /// Wakes the current or next wait (from any thread): that wait reports [`WAKE_KEY`] until
+    /// [`clear_wake`](Poller::clear_wake) runs.
+    #[cfg(direct_epoll)]
+    pub(crate) fn wake(&self) -> io::Result<()> {
+        match rustix::io::write(&self.wake, &1u64.to_ne_bytes()) {
+            // `EAGAIN`: the counter is at its maximum, so the descriptor is readable already.
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Wakes the current or next wait (from any thread).
-    pub(crate) fn notify(&self) -> io::Result<()> {
+    #[cfg(not(direct_epoll))]
+    pub(crate) fn wake(&self) -> io::Result<()> {
         self.poller.notify()
     }
 
@@ -156,18 +195,28 @@ impl Poller {
             .map(drop)
     }
 
-    /// Resets the notification after a [`notify`](Poller::notify), so the next wait blocks again.
+    /// Resets the wake-up if the wait that filled `events` reported it, so the next wait
+    /// blocks again. A wake-up that lands after this read keeps the descriptor readable, and the
+    /// next wait reports it.
     #[cfg(direct_epoll)]
-    pub(crate) fn clear_notification(&self, events: &mut Events) -> io::Result<()> {
-        events.scratch.clear();
-        self.poller
-            .wait(&mut events.scratch, Some(Duration::ZERO))
-            .map(drop)
+    pub(crate) fn clear_wake(&self, events: &Events) -> io::Result<()> {
+        if !events
+            .list
+            .iter()
+            .any(|event| event.data.u64() == WAKE_KEY as u64)
+        {
+            return Ok(());
+        }
+        match rustix::io::read(&self.wake, &mut [0; 8]) {
+            // `EAGAIN`: already zero (only this thread reads it, so not expected).
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `Poller::wait` already cleared it.
     #[cfg(not(direct_epoll))]
-    pub(crate) fn clear_notification(&self, _events: &mut Events) -> io::Result<()> {
+    pub(crate) fn clear_wake(&self, _events: &Events) -> io::Result<()> {
         Ok(())
     }
 }
@@ -186,10 +235,6 @@ fn event(key: usize, interest: Interest) -> polling::Event {
 pub(crate) struct Events {
     #[cfg(direct_epoll)]
     list: Vec<rustix::event::epoll::Event>,
-    /// Only for [`Poller::clear_notification`], whose events are ignored: level-triggered
-    /// sources report them again on the next wait.
-    #[cfg(direct_epoll)]
-    scratch: polling::Events,
     #[cfg(not(direct_epoll))]
     list: polling::Events,
 }
@@ -200,8 +245,6 @@ impl Events {
         Events {
             #[cfg(direct_epoll)]
             list: Vec::with_capacity(capacity),
-            #[cfg(direct_epoll)]
-            scratch: polling::Events::with_capacity(std::num::NonZeroUsize::MIN),
             #[cfg(not(direct_epoll))]
             list: polling::Events::with_capacity(
                 std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN),
@@ -303,8 +346,6 @@ mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
 
-    const NOTIFY_KEY: usize = usize::MAX;
-
     fn keys(events: &Events) -> Vec<usize> {
         events.iter().map(|(key, _)| key).collect()
     }
@@ -338,20 +379,42 @@ mod tests {
     }
 
     #[test]
-    fn notification_arrives_once_and_clearing_rearms_it() -> io::Result<()> {
+    fn a_wake_up_is_reported_until_cleared_and_clearing_rearms_it() -> io::Result<()> {
         let poller = Poller::new()?;
         let mut events = Events::with_capacity(8);
+        // Nothing to clear: a no-op, and a read of an empty counter is no error.
+        poller.clear_wake(&events)?;
         for _ in 0..3 {
-            poller.notify()?;
+            // Two wake-ups before the loop looks count as one.
+            poller.wake()?;
+            poller.wake()?;
             poller.wait(&mut events, Some(Duration::from_secs(5)))?;
-            assert_eq!(keys(&events), [NOTIFY_KEY]);
-            poller.clear_notification(&mut events)?;
+            assert_eq!(keys(&events), [WAKE_KEY]);
+            // Level-triggered: a wake-up not yet cleared is reported again, never dropped.
+            poller.wait(&mut events, Some(Duration::ZERO))?;
+            assert_eq!(keys(&events), [WAKE_KEY]);
+            poller.clear_wake(&events)?;
             // Cleared: the next wait sleeps its full timeout instead of spinning.
             let start = Instant::now();
             poller.wait(&mut events, Some(Duration::from_millis(20)))?;
             assert_eq!(keys(&events), [] as [usize; 0]);
             assert!(start.elapsed() >= Duration::from_millis(20));
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_wake_up_after_the_clear_is_reported_by_the_next_wait() -> io::Result<()> {
+        let poller = Poller::new()?;
+        let mut events = Events::with_capacity(8);
+        poller.wake()?;
+        poller.wait(&mut events, Some(Duration::from_secs(5)))?;
+        assert_eq!(keys(&events), [WAKE_KEY]);
+        poller.clear_wake(&events)?;
+        // Landed after the read: still pending, so the next wait returns at once.
+        poller.wake()?;
+        poller.wait(&mut events, Some(Duration::from_secs(5)))?;
+        assert_eq!(keys(&events), [WAKE_KEY]);
         Ok(())
     }
 

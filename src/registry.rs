@@ -588,7 +588,7 @@ impl Registry {
     pub(crate) fn dispatch(&mut self, poller_key: usize, readiness: Readiness) -> bool {
         let token = Token::from_poller_key(poller_key);
         let Some(entry) = self.entries.get_mut(token.index()) else {
-            return false; // polling's own notification key lands here too
+            return false; // the wake-up's key lands here too
         };
         if entry.generation != token.generation {
             return false; // removed, and maybe reused, earlier in this batch
