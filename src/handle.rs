@@ -6,7 +6,7 @@ use std::mem;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::poller::{Events, Poller};
+use crate::poller::Poller;
 use crate::registry::Registry;
 
 type Remote = Box<dyn FnOnce(&mut Registry) + Send>;
@@ -15,46 +15,46 @@ type Remote = Box<dyn FnOnce(&mut Registry) + Send>;
 ///
 /// # Why no wake-up is lost
 ///
-/// A handle call pushes its work onto `queue` (under its lock), then [`signal`](Shared::signal)
-/// swaps `pending` to true, and the caller that found it false (the *flip*) writes the
-/// poller's wake-up after its swap; callers that found it true write nothing. The loop, after
-/// each wait, first clears the wake-up if the wait reported it
-/// ([`Poller::clear_wake`](crate::poller::Poller::clear_wake)), then swaps `pending` to false and,
-/// if it was true, takes the queue; and it waits with a non-zero timeout only after loading
-/// `pending` as false (`run.rs`, `wait_timeout`). Every write to `pending` is a `SeqCst` swap, so
-/// one modification order holds them all and each swap reads the value of the one before it.
+/// A handle call pushes its work (a queued call, a task in the executor's inbox) and then
+/// [`signal`](Shared::signal) swaps `pending` to true; the caller that found it false (the
+/// *flip*) writes the poller's wake-up after its swap, and callers that found it true write
+/// nothing. After each wait the loop swaps `pending` to false and, if it was true, collects;
+/// it waits with a non-zero timeout only after loading `pending` as false (`run.rs`,
+/// `wait_timeout`). On Linux the wake-up is an edge-triggered eventfd: each write puts it on
+/// epoll's ready list, and only a wait takes it off, by returning it. Every write to `pending`
+/// is a `SeqCst` swap, so one modification order holds them all and each swap reads the value
+/// of the one before it.
 ///
-/// Take work W pushed before swap S. Let L be the first loop swap after S in that order.
+/// Take work W pushed before swap S, and let L be the first loop swap after S in that order.
 /// - L, if it exists, collects W: nothing between S and L writes false, so L reads true, and
 ///   since every write in between is a read-modify-write, L synchronizes with S. The push of
-///   W happens before S, S before L, L before the queue is taken (unless a `call_soon` on the
-///   loop's thread took W earlier).
-/// - L exists, unless the loop never waits again (then it never sleeps on W). Let F be the last
-///   flip at or before S (the first swap after the loop's swap before S; S itself if S read
-///   false); F's caller writes the wake-up after F. If the loop's check before a wait loaded
-///   false from after S, the swap that wrote that false is an L. Otherwise the check preceded
-///   F's effect, and the wait that follows it cannot block past F's write: only the loop resets
-///   the counter, by its read after a wait, and nothing of the loop runs between that check and
-///   that wait. So some wait returns after F's write, or a read consumes that write first. In
-///   both cases the loop's next swap comes after the write in the kernel's order (the eventfd's
-///   counter changes under its lock, as epoll's readiness does), hence after F in `pending`'s
-///   order. No loop swap lies between F and S (F is the last flip before S), so that swap comes
-///   after S: it is an L.
+///   W happens before S, S before L, and L before the collection (unless the loop took W
+///   earlier: [`Registry::call_soon`] and the executor take what they see without swapping).
+/// - L exists, unless the loop never waits again (then it never sleeps on W). Let F be the
+///   last flip at or before S (S itself if S read false); F's caller writes the wake-up after
+///   F. If the loop's check before a wait loaded a false written after S, the swap that wrote
+///   it is an L. Otherwise the check preceded F's effect, and so did the wait that follows it:
+///   F's write finds that wait running or puts the wake-up on the ready list before it starts,
+///   and in both cases the wait returns after the write, unless an earlier wait already took
+///   it off the list, that is, returned after it. Either way a wait returns after F's write
+///   (the eventfd's counter and epoll's ready list change under their locks, so that return
+///   happens after the write), and the loop's collection after that wait happens after F: its
+///   load of `pending` reads F's value or a later one. Only loop swaps write false, so either
+///   a loop swap already follows F, or the load reads true and the loop swaps. No loop swap
+///   lies between F and S (F is the last flip before S), so a loop swap after F comes after S:
+///   it is an L.
 ///
-/// A flip can be preempted between its swap and its write, and the loop can take its work in
-/// between: the write then lands late, for work already taken. The next wait reports it, and
-/// the loop clears it and finds nothing to take; clearing on every report, flagged or not, is
-/// what keeps the level-triggered wake-up from spinning the loop.
+/// A flip can be preempted between its swap and its write, and the loop can collect its work
+/// in between: the write then lands late, for work already taken. The next wait returns for it
+/// once, the loop finds nothing to collect, and the wait after that blocks again: an
+/// edge-triggered wake-up needs no clearing, so a stale one costs one extra turn, never a spin.
 ///
 /// Off Linux the wake-up is `polling`'s `notify`, which wakes the current or next wait and is
-/// cleared by that wait; the same argument holds with the clear inside the wait.
+/// cleared by that wait: the same argument holds.
 pub(crate) struct Shared {
     pub(crate) poller: Poller,
     /// Whether a handle has flagged work the loop has not collected yet (see above).
     pending: AtomicBool,
-    /// Whether any handle has ever signalled: until then no wake-up can be in flight, and
-    /// the loop skips looking for one among its events.
-    signalled: AtomicBool,
     stop: AtomicBool,
     closed: AtomicBool,
     /// Live [`Handle`]s. Kept apart from the `Arc`'s count so that the last handle can wake the
@@ -68,7 +68,6 @@ impl Shared {
         Shared {
             poller,
             pending: AtomicBool::new(false),
-            signalled: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             handles: AtomicUsize::new(0),
@@ -87,34 +86,30 @@ impl Shared {
     }
 
     /// Collects what handles sent: their calls go to the back of `deferred`. Returns whether a
-    /// handle asked the loop to stop. `events` is what the wait just reported.
+    /// handle asked the loop to stop.
     #[inline]
     pub(crate) fn collect(
         &self,
-        events: &mut Events,
         deferred: &mut std::collections::VecDeque<crate::registry::Deferred>,
-    ) -> io::Result<bool> {
-        // Plain loads first: most iterations of most loops have no handle traffic at all.
-        if !self.pending.load(Ordering::SeqCst) && !self.signalled.load(Ordering::SeqCst) {
-            return Ok(false);
+    ) -> bool {
+        // A plain load first: most iterations of most loops have no handle traffic at all.
+        if !self.pending.load(Ordering::SeqCst) {
+            return false;
         }
-        self.collect_signalled(events, deferred)
+        self.collect_pending(deferred)
     }
 
     #[cold]
     #[inline(never)]
-    fn collect_signalled(
+    fn collect_pending(
         &self,
-        events: &mut Events,
         deferred: &mut std::collections::VecDeque<crate::registry::Deferred>,
-    ) -> io::Result<bool> {
-        // Clear first, then swap: see "Why no wake-up is lost".
-        self.poller.clear_wake(events)?;
+    ) -> bool {
         if !self.pending.swap(false, Ordering::SeqCst) {
-            return Ok(false);
+            return false;
         }
         self.take_queued(deferred);
-        Ok(self.stop.swap(false, Ordering::SeqCst))
+        self.stop.swap(false, Ordering::SeqCst)
     }
 
     /// Moves the calls handles have queued to the back of `deferred`. The loop does it when it
@@ -147,7 +142,6 @@ impl Shared {
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed());
         }
-        self.signalled.store(true, Ordering::SeqCst);
         if self.pending.swap(true, Ordering::SeqCst) {
             return Ok(()); // the caller that set it writes the wake-up
         }
@@ -273,7 +267,7 @@ impl fmt::Debug for Handle {
 #[cfg(all(test, direct_epoll))]
 mod tests {
     use super::*;
-    use crate::poller::WAKE_KEY;
+    use crate::poller::{Events, WAKE_KEY};
     use std::collections::VecDeque;
     use std::thread;
     use std::time::{Duration, Instant};
@@ -294,7 +288,7 @@ mod tests {
         let start = Instant::now();
         shared.poller.wait(events, Some(timeout))?;
         let slept = start.elapsed();
-        shared.collect(events, deferred)?;
+        shared.collect(deferred);
         Ok(slept)
     }
 
@@ -308,13 +302,12 @@ mod tests {
 
         // The handle pushes, flips `pending`, and is preempted before its write.
         shared.queue.lock().unwrap().push(Box::new(|_| {}));
-        shared.signalled.store(true, Ordering::SeqCst);
         assert!(!shared.pending.swap(true, Ordering::SeqCst));
         turn(&shared, &mut events, &mut deferred, Duration::from_secs(5))?;
         assert_eq!(deferred.len(), 1);
         shared.poller.wake()?; // the preempted handle resumes
 
-        // The loop wakes for it, with nothing to collect, and clears it.
+        // The loop wakes for it once, with nothing to collect.
         assert!(!shared.is_pending());
         turn(&shared, &mut events, &mut deferred, Duration::from_secs(5))?;
         assert_eq!(
@@ -322,7 +315,7 @@ mod tests {
             [WAKE_KEY]
         );
         assert_eq!(deferred.len(), 1);
-        // Cleared: the next wait sleeps its timeout rather than spin on the stale wake-up.
+        // Reported once: the next wait sleeps its timeout rather than spin on the stale wake-up.
         let slept = turn(
             &shared,
             &mut events,
@@ -358,7 +351,7 @@ mod tests {
         for _ in 0..3 {
             handle.call_soon(|_| {})?;
         }
-        // One wait and one clear deliver all three; then the loop sleeps again.
+        // One wait delivers all three; then the loop sleeps again.
         shared
             .poller
             .wait(&mut events, Some(Duration::from_secs(5)))?;
@@ -366,7 +359,7 @@ mod tests {
             events.iter().map(|(key, _)| key).collect::<Vec<_>>(),
             [WAKE_KEY]
         );
-        shared.collect(&mut events, &mut deferred)?;
+        shared.collect(&mut deferred);
         assert_eq!(deferred.len(), 3);
         let slept = turn(
             &shared,

@@ -13,9 +13,10 @@
 //!    `Poller::wait` or `Poller::notify` there.
 //!
 //! The cross-thread wake-up is then the selector's own: an eventfd in the same epoll set,
-//! level-triggered, reported under [`WAKE_KEY`] while its counter is non-zero. A wake-up from
-//! another thread costs the waker one `write` and the loop one `read` after the `epoll_wait` it
-//! ends; `Poller::notify` would add polling's clearing wait (four more syscalls) per wake-up.
+//! edge-triggered, so that each `write` to it is reported once, under [`WAKE_KEY`], by the wait
+//! it ends, and the loop never reads it. A wake-up from another thread costs the waker one
+//! `write` and the loop nothing beyond the `epoll_wait` it ends; `Poller::notify` would add
+//! polling's clearing wait (five more syscalls) per wake-up.
 //! Elsewhere the portable `Poller::wait` and `Poller::notify` are used; `--cfg
 //! selreactor_portable_wait` selects them on Linux too, so that they are compiled and tested
 //! here (see `build.rs`).
@@ -38,9 +39,10 @@ pub(crate) const WAKE_KEY: usize = usize::MAX;
 
 pub(crate) struct Poller {
     poller: polling::Poller,
-    /// The wake-up: a non-blocking eventfd in `poller`'s epoll set, level-triggered for reading,
-    /// keyed [`WAKE_KEY`]. [`wake`](Poller::wake) adds one to its counter;
-    /// [`clear_wake`](Poller::clear_wake) reads it back to zero. Only the selector's epoll set
+    /// The wake-up: a non-blocking eventfd in `poller`'s epoll set, edge-triggered for reading,
+    /// keyed [`WAKE_KEY`]. Each [`wake`](Poller::wake) adds one to its counter, which puts it on
+    /// epoll's ready list (once, however many writes come before a wait takes it off); the
+    /// counter itself is never read down, except when it is full. Only the selector's epoll set
     /// holds it, and it closes with the poller.
     #[cfg(direct_epoll)]
     wake: OwnedFd,
@@ -57,7 +59,7 @@ impl Poller {
                 poller.as_fd(),
                 &wake,
                 epoll::EventData::new_u64(WAKE_KEY as u64),
-                epoll::EventFlags::IN,
+                epoll::EventFlags::IN | epoll::EventFlags::ET,
             )?;
             wake
         };
@@ -104,13 +106,22 @@ impl Poller {
         self.poller.delete(fd)
     }
 
-    /// Wakes the current or next wait (from any thread): that wait reports [`WAKE_KEY`] until
-    /// [`clear_wake`](Poller::clear_wake) runs.
+    /// Wakes the current or next wait (from any thread): it reports [`WAKE_KEY`], once.
     #[cfg(direct_epoll)]
     pub(crate) fn wake(&self) -> io::Result<()> {
-        match rustix::io::write(&self.wake, &1u64.to_ne_bytes()) {
-            // `EAGAIN`: the counter is at its maximum, so the descriptor is readable already.
-            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+        use rustix::io::{read, write, Errno};
+        match write(&self.wake, &1u64.to_ne_bytes()) {
+            Ok(_) => Ok(()),
+            // The counter is full (after 2⁶⁴ - 2 wake-ups): empty it, which makes no edge, and
+            // write again, which does.
+            Err(Errno::AGAIN) => {
+                match read(&self.wake, &mut [0; 8]) {
+                    Ok(_) | Err(Errno::AGAIN) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                write(&self.wake, &1u64.to_ne_bytes())?;
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -193,31 +204,6 @@ impl Poller {
         self.poller
             .wait(&mut events.list, timeout.map(|t| t.min(MAX_WAIT)))
             .map(drop)
-    }
-
-    /// Resets the wake-up if the wait that filled `events` reported it, so the next wait
-    /// blocks again. A wake-up that lands after this read keeps the descriptor readable, and the
-    /// next wait reports it.
-    #[cfg(direct_epoll)]
-    pub(crate) fn clear_wake(&self, events: &Events) -> io::Result<()> {
-        if !events
-            .list
-            .iter()
-            .any(|event| event.data.u64() == WAKE_KEY as u64)
-        {
-            return Ok(());
-        }
-        match rustix::io::read(&self.wake, &mut [0; 8]) {
-            // `EAGAIN`: already zero (only this thread reads it, so not expected).
-            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// `Poller::wait` already cleared it.
-    #[cfg(not(direct_epoll))]
-    pub(crate) fn clear_wake(&self, _events: &Events) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -379,22 +365,17 @@ mod tests {
     }
 
     #[test]
-    fn a_wake_up_is_reported_until_cleared_and_clearing_rearms_it() -> io::Result<()> {
+    fn a_wake_up_is_reported_once_and_needs_no_clearing() -> io::Result<()> {
         let poller = Poller::new()?;
         let mut events = Events::with_capacity(8);
-        // Nothing to clear: a no-op, and a read of an empty counter is no error.
-        poller.clear_wake(&events)?;
         for _ in 0..3 {
-            // Two wake-ups before the loop looks count as one.
+            // Two wake-ups before the loop looks are reported as one.
             poller.wake()?;
             poller.wake()?;
             poller.wait(&mut events, Some(Duration::from_secs(5)))?;
             assert_eq!(keys(&events), [WAKE_KEY]);
-            // Level-triggered: a wake-up not yet cleared is reported again, never dropped.
-            poller.wait(&mut events, Some(Duration::ZERO))?;
-            assert_eq!(keys(&events), [WAKE_KEY]);
-            poller.clear_wake(&events)?;
-            // Cleared: the next wait sleeps its full timeout instead of spinning.
+            // Taken off the ready list by that wait: the next one sleeps its full timeout
+            // instead of spinning, with nothing read.
             let start = Instant::now();
             poller.wait(&mut events, Some(Duration::from_millis(20)))?;
             assert_eq!(keys(&events), [] as [usize; 0]);
@@ -404,17 +385,36 @@ mod tests {
     }
 
     #[test]
-    fn a_wake_up_after_the_clear_is_reported_by_the_next_wait() -> io::Result<()> {
+    fn a_wake_up_during_a_wait_ends_it() -> io::Result<()> {
+        let poller = std::sync::Arc::new(Poller::new()?);
+        let waker = std::sync::Arc::clone(&poller);
+        let mut events = Events::with_capacity(8);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake()
+        });
+        let start = Instant::now();
+        poller.wait(&mut events, Some(Duration::from_secs(10)))?;
+        let slept = start.elapsed();
+        thread.join().expect("the waker panicked")?;
+        assert_eq!(keys(&events), [WAKE_KEY]);
+        assert!(slept < Duration::from_secs(5), "slept {slept:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_counter_still_wakes() -> io::Result<()> {
         let poller = Poller::new()?;
         let mut events = Events::with_capacity(8);
+        // The most an eventfd holds; one more `write` would block.
+        rustix::io::write(&poller.wake, &(u64::MAX - 1).to_ne_bytes())?;
+        poller.wait(&mut events, Some(Duration::from_secs(5)))?;
+        assert_eq!(keys(&events), [WAKE_KEY]);
         poller.wake()?;
         poller.wait(&mut events, Some(Duration::from_secs(5)))?;
         assert_eq!(keys(&events), [WAKE_KEY]);
-        poller.clear_wake(&events)?;
-        // Landed after the read: still pending, so the next wait returns at once.
-        poller.wake()?;
-        poller.wait(&mut events, Some(Duration::from_secs(5)))?;
-        assert_eq!(keys(&events), [WAKE_KEY]);
+        poller.wait(&mut events, Some(Duration::ZERO))?;
+        assert_eq!(keys(&events), [] as [usize; 0]);
         Ok(())
     }
 

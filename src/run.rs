@@ -88,7 +88,7 @@ impl Selector {
         let (registry, events) = self.parts();
         let wait = wait_timeout(registry, timeout);
         registry.shared.poller.wait(events, wait)?;
-        if registry.shared.collect(events, &mut registry.deferred)? {
+        if registry.shared.collect(&mut registry.deferred) {
             registry.stop_requested = true;
         }
         let calls_due = registry.deferred.len();
