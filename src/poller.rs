@@ -35,6 +35,7 @@ const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64 - 1);
 
 /// The key the wake-up is reported under. No registration's key equals it (see `key.rs`), and
 /// `polling` reserves it for its own notifications, which the Linux wait never arms.
+#[cfg(direct_epoll)]
 pub(crate) const WAKE_KEY: usize = usize::MAX;
 
 pub(crate) struct Poller {
