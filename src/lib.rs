@@ -158,9 +158,9 @@
 //!   fire early and repeating ones do not drift. [`Registry::on_signals`] turns Unix signals
 //!   into callbacks.
 //! - **Linux first.** On Linux and Android each wait is a single `epoll_wait` on the poller's
-//!   own descriptor, and a wake-up from another thread costs one eventfd `write`. Other Unix systems (macOS and the BSDs: kqueue) go through `polling`'s
-//!   portable wait; that path builds for them and is tested on Linux over epoll, but has not
-//!   been run on another OS.
+//!   own descriptor, and a wake-up from another thread costs one eventfd `write`. Other Unix
+//!   systems (macOS and the BSDs: kqueue) go through `polling`'s portable wait; that path
+//!   builds for them and is tested on Linux over epoll, but has not been run on another OS.
 //!
 //! # What a callback's `Err` does
 //!
