@@ -98,8 +98,8 @@ fn a_client_that_never_reads_is_dropped_and_the_others_get_everything() -> io::R
     assert_eq!(read_line(&mut reader)?, "probe\n");
     let before = chat.resident_kib()?;
     const LINES: usize = 8192; // 8 MiB of 1 KiB lines: far past the 1 MiB backlog bound
-    // The reader must keep up, or it is dropped too (rightly): the sender stays at most this
-    // many lines ahead of it, well inside the bound, however the machine schedules the two.
+                               // The reader must keep up, or it is dropped too (rightly): the sender stays at most this
+                               // many lines ahead of it, well inside the bound, however the machine schedules the two.
     const AHEAD: usize = 128;
     let progress = Arc::new(AtomicUsize::new(0));
     let read_so_far = Arc::clone(&progress);

@@ -21,6 +21,10 @@ pub trait Listener: AsFd + 'static {
     type Stream: ByteStream;
     /// The peer's address, as `accept` gives it.
     type Addr;
+    /// Whether [`accept`](Listener::accept) hands out streams in non-blocking mode already
+    /// (`accept4` with `SOCK_NONBLOCK`), which saves the server a syscall per connection. When
+    /// `false` (the default), the server puts each stream in non-blocking mode itself.
+    const ACCEPTS_NONBLOCKING: bool = false;
 
     /// Accepts one pending connection.
     ///
@@ -44,7 +48,20 @@ pub trait Listener: AsFd + 'static {
 impl Listener for TcpListener {
     type Stream = TcpStream;
     type Addr = SocketAddr;
+    const ACCEPTS_NONBLOCKING: bool = cfg!(not(target_vendor = "apple"));
 
+    /// Accepts with `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` where the OS has it.
+    #[cfg(not(target_vendor = "apple"))]
+    fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        use rustix::net::{acceptfrom_with, SocketFlags};
+        let (fd, peer) = acceptfrom_with(self, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+        let peer = peer
+            .and_then(|addr| SocketAddr::try_from(addr).ok())
+            .ok_or_else(|| io::Error::other("accept gave no IP address for a TCP peer"))?;
+        Ok((TcpStream::from(fd), peer))
+    }
+
+    #[cfg(target_vendor = "apple")]
     fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         TcpListener::accept(self)
     }
@@ -283,6 +300,7 @@ impl<L: Listener> ServerState<L> {
                         connecting: None,
                         idle_timeout: self.options.idle_timeout,
                         made_now: true,
+                        nonblocking: L::ACCEPTS_NONBLOCKING,
                         _stream: PhantomData,
                     };
                     if open(reg, stream, Box::new(protocol), setup).is_err() {
