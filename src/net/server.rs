@@ -106,9 +106,9 @@ pub struct ServerOptions {
     /// `lost` gets `TimedOut`. Default: none.
     pub idle_timeout: Option<Duration>,
     /// When accepting fails for want of descriptors (`EMFILE`, `ENFILE`, `ENOBUFS`,
-    /// `ENOMEM`), the server stops accepting and tries again as soon as a connection of any
-    /// server on the same loop ends, or after this long at the latest (a descriptor freed any
-    /// other way, or on another thread, is noticed then). Meanwhile clients wait in the
+    /// `ENOMEM`), the server stops accepting and tries again as soon as a connection on the
+    /// same loop ends (of any server, a client's, a pipe's), or after this long at the latest
+    /// (a descriptor freed any other way, or on another thread, is noticed then). Meanwhile clients wait in the
     /// backlog, as over the [cap](ServerOptions::max_connections). Default 100 ms.
     pub retry_after: Duration,
     /// `TCP_NODELAY` on accepted TCP connections. Default on.
@@ -379,9 +379,7 @@ impl<L: Listener> ServerLink for ServerState<L> {
     fn connection_ended(&self, reg: &mut Registry) {
         self.update(|s| s.open -= 1);
         self.rearm(reg);
-        // The descriptor limit is the process's: whichever server this connection was of, the
-        // descriptor it leaves is one any server on this loop may accept into.
-        Starving::feed(reg);
+        descriptor_freed(reg);
     }
 }
 
@@ -432,6 +430,13 @@ impl Starving {
     }
 }
 
+/// A connection of this loop ended, and with it a descriptor: the limit is the process's, so
+/// whichever server (or client, or pipe) it was of, any server on the loop out of descriptors
+/// may accept into it.
+pub(crate) fn descriptor_freed(reg: &mut Registry) {
+    Starving::feed(reg);
+}
+
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -454,7 +459,7 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
 /// [`unix_listener`](super::unix_listener) (or be otherwise non-blocking). See
 /// [`ServerOptions`] for batching, the connection cap, idle timeouts, and how the server rides
 /// out running out of descriptors (`EMFILE`): it pauses accepting, and resumes as soon as a
-/// connection of any server on the loop closes. A failing connection never stops the server.
+/// connection on the loop closes. A failing connection never stops the server.
 ///
 /// # Errors
 ///

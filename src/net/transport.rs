@@ -1196,8 +1196,10 @@ impl<T: ByteStream> Conn<T> {
         if let Some(key) = self.key.get() {
             let _ = reg.remove(key);
         }
-        if let Some(server) = &self.server {
-            server.connection_ended(reg);
+        match &self.server {
+            Some(server) => server.connection_ended(reg),
+            // A client's or a pipe's descriptor counts against the same limit.
+            None => super::server::descriptor_freed(reg),
         }
     }
 }
