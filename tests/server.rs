@@ -240,6 +240,38 @@ fn connect_succeeds_to_a_listener() -> io::Result<()> {
 }
 
 #[test]
+fn a_socket_that_connects_to_itself_is_refused_not_handed_out() -> io::Result<()> {
+    // A socket bound to an address and connecting to that same address completes a TCP
+    // simultaneous open with itself: local == peer. (A loopback connect to a free ephemeral
+    // port can do the same by chance.)
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())?;
+    let own = socket.local_addr()?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&own) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let deadline = Instant::now() + net_util::DEADLINE;
+    let outcome = loop {
+        match finish_connect(&socket) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the connect never finished");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            outcome => break outcome,
+        }
+    };
+    assert_eq!(
+        outcome.map_err(|e| e.kind()),
+        Err(io::ErrorKind::AddrInUse),
+        "a self-connected socket was taken for a connection"
+    );
+    Ok(())
+}
+
+#[test]
 fn connect_to_a_port_nobody_listens_on_is_refused() -> io::Result<()> {
     let _serial = util::serial();
     // Bound but not listening: the port stays ours, so nothing else can take it meanwhile.
