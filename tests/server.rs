@@ -240,6 +240,38 @@ fn connect_succeeds_to_a_listener() -> io::Result<()> {
 }
 
 #[test]
+fn a_socket_that_connects_to_itself_is_refused_not_handed_out() -> io::Result<()> {
+    // A socket bound to an address and connecting to that same address completes a TCP
+    // simultaneous open with itself: local == peer. (A loopback connect to a free ephemeral
+    // port can do the same by chance.)
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())?;
+    let own = socket.local_addr()?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&own) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let deadline = Instant::now() + net_util::DEADLINE;
+    let outcome = loop {
+        match finish_connect(&socket) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the connect never finished");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            outcome => break outcome,
+        }
+    };
+    assert_eq!(
+        outcome.map_err(|e| e.kind()),
+        Err(io::ErrorKind::AddrInUse),
+        "a self-connected socket was taken for a connection"
+    );
+    Ok(())
+}
+
+#[test]
 fn connect_to_a_port_nobody_listens_on_is_refused() -> io::Result<()> {
     let _serial = util::serial();
     // Bound but not listening: the port stays ours, so nothing else can take it meanwhile.
@@ -457,22 +489,72 @@ fn out_of_descriptors_pauses_accepting_and_a_closing_connection_resumes_it() -> 
 
 #[test]
 fn a_connection_of_another_server_on_the_loop_closing_resumes_a_starved_one() -> io::Result<()> {
+    a_starved_server_resumes_when_released(
+        Holder::OtherServer,
+        "a_connection_of_another_server_on_the_loop_closing_resumes_a_starved_one",
+    )
+}
+
+#[test]
+fn a_client_connection_on_the_loop_closing_resumes_a_starved_server() -> io::Result<()> {
+    a_starved_server_resumes_when_released(
+        Holder::Client,
+        "a_client_connection_on_the_loop_closing_resumes_a_starved_server",
+    )
+}
+
+/// Whether the holder's connection has ended.
+type IsEnded = Box<dyn Fn(&Selector) -> bool>;
+
+/// What holds the one descriptor whose release must wake a server out of descriptors.
+enum Holder {
+    /// A connection of another server on the same loop (as a dual-stack or TCP-and-Unix
+    /// program has).
+    OtherServer,
+    /// A client transport (`connect_tcp`) on the same loop.
+    Client,
+}
+
+/// `starved` runs out of descriptors while `holder` holds one. The fallback retry is far away:
+/// only the holder's connection closing can explain a prompt resume.
+fn a_starved_server_resumes_when_released(holder: Holder, name: &str) -> io::Result<()> {
     let _serial = util::serial();
-    if !in_child("a_connection_of_another_server_on_the_loop_closing_resumes_a_starved_one")? {
+    if !in_child(name)? {
         return Ok(());
     }
-    // Two servers on one loop (as a dual-stack or TCP-and-Unix program has): `starved` runs out
-    // of descriptors while `other` holds one connection. The fallback retry is far away: only
-    // the other server's connection closing can explain a prompt resume.
     let options = ServerOptions::default().retry_after(Duration::from_secs(30));
     let (mut sel, addr, starved) = server(options.clone(), echo_recorder)?;
-    let other_listener = tcp_listener("127.0.0.1:0".parse().unwrap(), &ListenOptions::default())?;
-    let other_addr = other_listener.local_addr()?;
-    let other = serve(&mut sel, other_listener, options, |_, _| Echo)?;
-    let held = client(other_addr)?;
-    run_until(&mut sel, "the other server's connection", |sel| {
-        Ok(other.stats(sel).unwrap().open == 1)
-    })?;
+    // The holder's far end (closing it ends the holder's connection), and how to see it ended.
+    let (far_end, ended): (TcpStream, IsEnded) = match holder {
+        Holder::OtherServer => {
+            let listener = tcp_listener("127.0.0.1:0".parse().unwrap(), &ListenOptions::default())?;
+            let other_addr = listener.local_addr()?;
+            let other = serve(&mut sel, listener, options, |_, _| Echo)?;
+            let far_end = client(other_addr)?;
+            run_until(&mut sel, "the other server's connection", |sel| {
+                Ok(other.stats(sel).unwrap().open == 1)
+            })?;
+            (
+                far_end,
+                Box::new(move |sel| other.stats(sel).unwrap().open == 0),
+            )
+        }
+        Holder::Client => {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let id = connect_tcp(&mut sel, listener.local_addr()?, None, Echo, |_, e| {
+                panic!("connect failed: {e}")
+            })?;
+            let far_end = listener.accept()?.0;
+            far_end.set_nonblocking(true)?;
+            (&far_end).write_all(b"up?")?;
+            let mut got = Vec::new();
+            run_until(&mut sel, "the client's echo", |_| {
+                drain(&far_end, &mut got)?;
+                Ok(got == b"up?")
+            })?;
+            (far_end, Box::new(move |sel| !id.is_open(sel)))
+        }
+    };
 
     const QUEUED: usize = 4;
     let clients = (0..QUEUED)
@@ -489,8 +571,8 @@ fn a_connection_of_another_server_on_the_loop_closing_resumes_a_starved_one() ->
     assert_eq!(paused.accepted, 1, "{paused:?}");
     assert!(!starved.is_accepting(&sel));
 
-    // The other server's connection ends: its descriptor goes to the starved server's queue.
-    held.shutdown(Shutdown::Write)?;
+    // The holder's connection ends: its descriptor goes to the starved server's queue.
+    far_end.shutdown(Shutdown::Write)?;
     let closed = Instant::now();
     run_until(&mut sel, "the next accept", |sel| {
         Ok(starved.stats(sel).unwrap().accepted > paused.accepted)
@@ -500,7 +582,7 @@ fn a_connection_of_another_server_on_the_loop_closing_resumes_a_starved_one() ->
         resumed_after < Duration::from_secs(5),
         "resumed only after {resumed_after:?}"
     );
-    assert_eq!(other.stats(&sel).unwrap().open, 0);
+    assert!(ended(&sel), "the holder's connection is still open");
 
     set_limit(old_limit)?;
     drop(clients);

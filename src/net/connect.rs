@@ -113,6 +113,8 @@ where
         connecting: Some(Box::new(on_error)),
         idle_timeout: None,
         made_now: true,
+        // `start_connect` made it non-blocking, to connect without waiting.
+        nonblocking: true,
         _stream: PhantomData,
     };
     let id = open(reg, stream, Box::new(protocol), setup)?;
@@ -143,6 +145,7 @@ where
         connecting: None,
         idle_timeout: None,
         made_now: false,
+        nonblocking: false,
         _stream: PhantomData,
     };
     open(reg, stream, Box::new(protocol), setup)

@@ -21,6 +21,10 @@ pub trait Listener: AsFd + 'static {
     type Stream: ByteStream;
     /// The peer's address, as `accept` gives it.
     type Addr;
+    /// Whether [`accept`](Listener::accept) hands out streams in non-blocking mode already
+    /// (`accept4` with `SOCK_NONBLOCK`), which saves the server a syscall per connection. When
+    /// `false` (the default), the server puts each stream in non-blocking mode itself.
+    const ACCEPTS_NONBLOCKING: bool = false;
 
     /// Accepts one pending connection.
     ///
@@ -44,7 +48,20 @@ pub trait Listener: AsFd + 'static {
 impl Listener for TcpListener {
     type Stream = TcpStream;
     type Addr = SocketAddr;
+    const ACCEPTS_NONBLOCKING: bool = cfg!(not(target_vendor = "apple"));
 
+    /// Accepts with `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` where the OS has it.
+    #[cfg(not(target_vendor = "apple"))]
+    fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        use rustix::net::{acceptfrom_with, SocketFlags};
+        let (fd, peer) = acceptfrom_with(self, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+        let peer = peer
+            .and_then(|addr| SocketAddr::try_from(addr).ok())
+            .ok_or_else(|| io::Error::other("accept gave no IP address for a TCP peer"))?;
+        Ok((TcpStream::from(fd), peer))
+    }
+
+    #[cfg(target_vendor = "apple")]
     fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         TcpListener::accept(self)
     }
@@ -89,9 +106,9 @@ pub struct ServerOptions {
     /// `lost` gets `TimedOut`. Default: none.
     pub idle_timeout: Option<Duration>,
     /// When accepting fails for want of descriptors (`EMFILE`, `ENFILE`, `ENOBUFS`,
-    /// `ENOMEM`), the server stops accepting and tries again as soon as a connection of any
-    /// server on the same loop ends, or after this long at the latest (a descriptor freed any
-    /// other way, or on another thread, is noticed then). Meanwhile clients wait in the
+    /// `ENOMEM`), the server stops accepting and tries again as soon as a connection on the
+    /// same loop ends (of any server, a client's, a pipe's), or after this long at the latest
+    /// (a descriptor freed any other way, or on another thread, is noticed then). Meanwhile clients wait in the
     /// backlog, as over the [cap](ServerOptions::max_connections). Default 100 ms.
     pub retry_after: Duration,
     /// `TCP_NODELAY` on accepted TCP connections. Default on.
@@ -283,6 +300,7 @@ impl<L: Listener> ServerState<L> {
                         connecting: None,
                         idle_timeout: self.options.idle_timeout,
                         made_now: true,
+                        nonblocking: L::ACCEPTS_NONBLOCKING,
                         _stream: PhantomData,
                     };
                     if open(reg, stream, Box::new(protocol), setup).is_err() {
@@ -361,9 +379,7 @@ impl<L: Listener> ServerLink for ServerState<L> {
     fn connection_ended(&self, reg: &mut Registry) {
         self.update(|s| s.open -= 1);
         self.rearm(reg);
-        // The descriptor limit is the process's: whichever server this connection was of, the
-        // descriptor it leaves is one any server on this loop may accept into.
-        Starving::feed(reg);
+        descriptor_freed(reg);
     }
 }
 
@@ -414,6 +430,13 @@ impl Starving {
     }
 }
 
+/// A connection of this loop ended, and with it a descriptor: the limit is the process's, so
+/// whichever server (or client, or pipe) it was of, any server on the loop out of descriptors
+/// may accept into it.
+pub(crate) fn descriptor_freed(reg: &mut Registry) {
+    Starving::feed(reg);
+}
+
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -436,7 +459,7 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
 /// [`unix_listener`](super::unix_listener) (or be otherwise non-blocking). See
 /// [`ServerOptions`] for batching, the connection cap, idle timeouts, and how the server rides
 /// out running out of descriptors (`EMFILE`): it pauses accepting, and resumes as soon as a
-/// connection of any server on the loop closes. A failing connection never stops the server.
+/// connection on the loop closes. A failing connection never stops the server.
 ///
 /// # Errors
 ///

@@ -670,6 +670,8 @@ pub(crate) struct Setup<T: ByteStream> {
     pub(crate) idle_timeout: Option<Duration>,
     /// Whether `made` may run right away (no protocol is running above the caller).
     pub(crate) made_now: bool,
+    /// Whether the stream is non-blocking already (saves a syscall per connection).
+    pub(crate) nonblocking: bool,
     pub(crate) _stream: PhantomData<T>,
 }
 
@@ -680,11 +682,13 @@ pub(crate) fn open<T: ByteStream>(
     protocol: Box<dyn Protocol<T>>,
     setup: Setup<T>,
 ) -> Result<ConnId<T>, RegisterError<T>> {
-    if let Err(error) = stream.set_nonblocking() {
-        return Err(RegisterError {
-            source: stream,
-            error,
-        });
+    if !setup.nonblocking {
+        if let Err(error) = stream.set_nonblocking() {
+            return Err(RegisterError {
+                source: stream,
+                error,
+            });
+        }
     }
     let connecting = setup.connecting.is_some();
     let interest = if connecting {
@@ -1192,8 +1196,10 @@ impl<T: ByteStream> Conn<T> {
         if let Some(key) = self.key.get() {
             let _ = reg.remove(key);
         }
-        if let Some(server) = &self.server {
-            server.connection_ended(reg);
+        match &self.server {
+            Some(server) => server.connection_ended(reg),
+            // A client's or a pipe's descriptor counts against the same limit.
+            None => super::server::descriptor_freed(reg),
         }
     }
 }
