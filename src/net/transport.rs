@@ -261,10 +261,7 @@ impl<T: ByteStream> Transport<'_, T> {
         }
         let conn = &*self.conn;
         let mut state = conn.state.borrow_mut();
-        if state.flags.has(Flags::ENDED)
-            || state.flags.has(Flags::CLOSING)
-            || state.shutdown != Shutdown::Open
-        {
+        if state.is_closing() {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the transport is closing or closed",
@@ -307,11 +304,7 @@ impl<T: ByteStream> Transport<'_, T> {
     /// Calling it again, or after `close`, does nothing.
     pub fn write_eof(&mut self) {
         let mut state = self.conn.state.borrow_mut();
-        if state.flags.has(Flags::ENDED)
-            || state.flags.has(Flags::CLOSING)
-            || state.shutdown != Shutdown::Open
-            || !T::CAN_WRITE
-        {
+        if state.is_closing() || !T::CAN_WRITE {
             return;
         }
         state.shutdown = Shutdown::Pending;
@@ -347,11 +340,9 @@ impl<T: ByteStream> Transport<'_, T> {
     /// [`resume_reading`](Transport::resume_reading), even for bytes already read in this
     /// batch. Idempotent.
     pub fn pause_reading(&mut self) {
-        self.conn
-            .state
-            .borrow_mut()
-            .flags
-            .set(Flags::READING, false);
+        let mut state = self.conn.state.borrow_mut();
+        state.flags.set(Flags::READING, false);
+        drop(state);
         self.changed();
     }
 
@@ -413,10 +404,7 @@ impl<T: ByteStream> Transport<'_, T> {
 
     /// Whether the connection is closing or closed: writes fail from now on.
     pub fn is_closing(&self) -> bool {
-        let state = self.conn.state.borrow();
-        state.flags.has(Flags::ENDED)
-            || state.flags.has(Flags::CLOSING)
-            || state.shutdown != Shutdown::Open
+        self.conn.state.borrow().is_closing()
     }
 
     /// Applies what an operation changed: the interest, and the protocol calls it calls for.
@@ -514,6 +502,14 @@ impl State {
     #[inline]
     fn is_usual(&self) -> bool {
         self.flags == Flags::USUAL && self.armed == Interest::READ && self.output.len() == self.sent
+    }
+
+    /// Whether writing has ended or is ending: `close`, `write_eof`, or the end.
+    #[inline]
+    fn is_closing(&self) -> bool {
+        self.flags.has(Flags::ENDED)
+            || self.flags.has(Flags::CLOSING)
+            || self.shutdown != Shutdown::Open
     }
 
     /// Whether a protocol call is owed: a pause, a resume, or `lost`.

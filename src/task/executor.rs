@@ -50,6 +50,9 @@ pub(crate) struct Executor {
     /// wakes them all, so that every task's future is dropped here, on the loop's thread, even
     /// one that nothing else would ever wake (two tasks awaiting each other, say).
     live: Rc<RefCell<Slab<Waker>>>,
+    /// Whether a task was ever spawned here: until then nothing can be queued, and the loop's
+    /// check on every iteration is this one load (a loop without tasks pays nothing more).
+    spawned: bool,
 }
 
 /// What every task's schedule function holds: the executor's id, to find its local queue,
@@ -146,12 +149,14 @@ impl Executor {
                 shared,
             }),
             live: Rc::new(RefCell::new(Slab::new())),
+            spawned: false,
         }
     }
 
     #[inline]
     pub(crate) fn has_queued(&self) -> bool {
-        !self.local.borrow().is_empty() || self.inbox.len.load(Ordering::Relaxed) != 0
+        self.spawned
+            && (!self.local.borrow().is_empty() || self.inbox.len.load(Ordering::Relaxed) != 0)
     }
 
     pub(crate) fn has_live(&self) -> bool {
@@ -233,6 +238,7 @@ impl Registry {
         F: Future + 'static,
         F::Output: 'static,
     {
+        self.tasks.spawned = true;
         let tasks = &self.tasks;
         let mut live = tasks.live.borrow_mut();
         let entry = live.vacant_entry();
