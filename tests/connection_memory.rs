@@ -8,74 +8,24 @@
 //! count moves by is the server's. Both tests take `util::serial()`: each holds 4,000
 //! descriptors.
 
+#[path = "util/counting_alloc.rs"]
+mod counting_alloc;
 #[path = "util/net.rs"]
 mod net_util;
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
+use counting_alloc::{count_this_thread, live};
 use net_util::run_until;
 use selreactor::net::Transport;
 use selreactor::net::{serve, tcp_listener, ListenOptions, Protocol, Server, ServerOptions};
 use selreactor::Selector;
 use socket2::{Domain, Socket, Type};
 use util::*;
-
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-thread_local! {
-    /// Whether this thread's allocations are counted (set by each test's own thread).
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn counted() -> bool {
-    COUNTED.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: every call forwards to `System` unchanged; the counter is only arithmetic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counted() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if counted() {
-            LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if counted() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// The heap bytes the counting threads hold now (only one counts at a time: `serial()`).
-fn live() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
 
 /// What an idle connection holds, as the `net` module documents it ("at most 300 heap bytes
 /// with a 16-byte protocol", the loop's tables' growth included); the echo protocol here is 16
@@ -274,7 +224,7 @@ fn cycles(peers: Peers, connections: usize, cycles: usize) -> io::Result<Vec<Cyc
     let mut scratch = vec![0; 64 * 1024];
     let mut clients: Vec<Client> = Vec::with_capacity(connections);
     let mut figures = Vec::with_capacity(cycles);
-    COUNTED.set(true);
+    count_this_thread(true);
 
     let mut sel = Selector::new()?;
     let listener = tcp_listener("127.0.0.1:0".parse().unwrap(), &ListenOptions::default())?;
@@ -349,7 +299,7 @@ fn cycles(peers: Peers, connections: usize, cycles: usize) -> io::Result<Vec<Cyc
         });
     }
     drop(sel);
-    COUNTED.set(false);
+    count_this_thread(false);
     Ok(figures)
 }
 

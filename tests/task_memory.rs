@@ -3,68 +3,19 @@
 //! `#[global_allocator]` in this binary only, counting the test's own thread: the harness's
 //! threads (its "running for over 60 seconds" notice on a stalled machine, say) are not counted.
 
+#[path = "util/counting_alloc.rs"]
+mod counting_alloc;
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::future::pending;
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
+use counting_alloc::{count_this_thread, live};
 use selreactor::Selector;
 use util::*;
-
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-thread_local! {
-    /// Whether this thread's allocations are counted (set by the test's own thread).
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn counted() -> bool {
-    COUNTED.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: every call forwards to `System` unchanged; the counter is only arithmetic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counted() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if counted() {
-            LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if counted() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
 
 /// The bytes a pending task costs, as documented in the crate's `task` module.
 const BYTES_PER_PENDING_TASK: isize = 160;
@@ -72,7 +23,7 @@ const BYTES_PER_PENDING_TASK: isize = 160;
 #[test]
 fn a_hundred_thousand_pending_tasks_cost_a_bounded_amount_and_all_of_it_comes_back(
 ) -> io::Result<()> {
-    COUNTED.set(true);
+    count_this_thread(true);
     let tasks = scaled(100_000, 10_000);
     // Warm up what the first selector and task on a thread allocate once (thread-locals).
     let mut warm = Selector::new()?;
