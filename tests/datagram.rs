@@ -17,7 +17,7 @@ use selreactor::Selector;
 #[path = "util/net.rs"]
 mod net_util;
 
-use net_util::run_until;
+use net_util::{run_until, run_until_panic};
 
 /// What a [`Rec`] protocol saw, in order.
 #[derive(Debug, PartialEq)]
@@ -426,20 +426,7 @@ fn a_panicking_protocol_hears_lost_and_the_panic_leaves_run() -> io::Result<()> 
     let peer = client(addr)?;
     peer.send_to(b"panic", addr)?;
     peer.send_to(b"never read", addr)?;
-    let deadline = std::time::Instant::now() + net_util::DEADLINE;
-    let panic = loop {
-        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sel.run_once(Some(Duration::from_millis(50)))
-        }));
-        match turn {
-            Err(panic) => break panic,
-            Ok(result) => drop(result?),
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the protocol never ran"
-        );
-    };
+    let panic = run_until_panic(&mut sel)?;
     assert_eq!(panic.downcast_ref::<&str>(), Some(&"asked to panic"));
     assert_eq!(
         *log.borrow(),

@@ -17,8 +17,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use net_util::{
-    client, drain, only_id, only_log, pattern, reset, run_for, run_until, server, Heard, Log,
-    Recorder,
+    client, drain, only_id, only_log, pattern, reset, run_for, run_until, run_until_panic, server,
+    Heard, Log, Recorder,
 };
 use selreactor::net::{start, ByteStream, Protocol, ServerOptions, Transport};
 use selreactor::Selector;
@@ -707,20 +707,7 @@ fn a_panicking_protocol_hears_lost_once_and_the_others_are_still_served() -> io:
     })?;
     let a_id = only_log_id(&mut sel, 0);
     a.write_all(b"boom")?;
-    let deadline = std::time::Instant::now() + net_util::DEADLINE;
-    let panic = loop {
-        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sel.run_once(Some(Duration::from_millis(50)))
-        }));
-        match turn {
-            Err(panic) => break panic,
-            Ok(result) => drop(result?),
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the protocol never ran"
-        );
-    };
+    let panic = run_until_panic(&mut sel)?;
     assert_eq!(panic.downcast_ref::<&str>(), Some(&"boom"));
     assert_eq!(
         sel.state::<Log>().unwrap().of(a_id),

@@ -157,6 +157,26 @@ pub fn run_until(
     Ok(())
 }
 
+/// Runs the loop until a callback panics; returns the panic. Fails after [`DEADLINE`].
+pub fn run_until_panic(sel: &mut Selector) -> io::Result<Box<dyn std::any::Any + Send>> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sel.run_once(Some(Duration::from_millis(50)))
+        }));
+        match turn {
+            Err(panic) => return Ok(panic),
+            Ok(result) => drop(result?),
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("waited {DEADLINE:?} for a panic"),
+            ));
+        }
+    }
+}
+
 /// Runs the loop for `period`, whatever happens.
 pub fn run_for(sel: &mut Selector, period: Duration) -> io::Result<()> {
     let end = Instant::now() + period;
