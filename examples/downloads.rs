@@ -10,7 +10,7 @@
 //!
 //! The notes fetched ten random images from loremflickr.com at once. There is no network here,
 //! so the same selector also runs a tiny HTTP/1.0 server on `127.0.0.1:<free port>` that answers
-//! every `GET` with a random "image" after a delay (a timer, with the connection waiting
+//! every `GET` with a made-up "image" after a delay (a timer, with the connection waiting
 //! meanwhile). Ten clients ([`connect_tcp`]) send their request, collect the response until the
 //! server closes, and write each body to a file in a directory under `std::env::temp_dir()`
 //! (removed at the end). The lengths are checked against `Content-Length`, and the elapsed
@@ -30,18 +30,11 @@ use selreactor::net::{
 };
 use selreactor::{Registry, Selector};
 
-/// A random "image": a JPEG start-of-image marker and pseudo-random bytes, 20–80 KB.
+/// A made-up "image": a JPEG start-of-image marker, then filler, 20–80 KB by `seed`.
 fn image(seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let len = 20_000 + (next() % 60_000) as usize;
+    let len = 20_000 + (seed as usize * 7_919) % 60_000;
     let mut body = vec![0xff, 0xd8, 0xff, 0xe0];
-    body.extend((4..len).map(|_| next() as u8));
+    body.extend((4..len).map(|i| (i as u64 ^ seed.wrapping_mul(0x9e37_79b9)) as u8));
     body
 }
 
